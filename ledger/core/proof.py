@@ -1,0 +1,147 @@
+"""RFC 9162 inclusion and consistency proofs: which nodes they need, how to build and verify them.
+
+Building is split in two so storage stays out of the core: `*_nodes` names the perfect subtrees a
+proof needs (O(log n) of them), the caller fetches exactly those, and `*_proof` hashes them into
+the proof. Verification follows RFC 9162 sections 2.1.3.2 and 2.1.4.2 to the letter.
+"""
+
+import hmac
+from collections.abc import Mapping, Sequence
+
+from ledger.core.errors import ProofError
+from ledger.core.rfc6962 import HASH_SIZE, node_hash
+from ledger.core.tree import NodeId, range_hash, range_nodes, split_point
+
+Range = tuple[int, int]
+
+
+def inclusion_ranges(index: int, size: int) -> list[Range]:
+    """The leaf ranges whose hashes form PATH(index, D[size]), leaf side first."""
+    if not 0 <= index < size:
+        raise ProofError(f"leaf index {index} is not in a tree of size {size}")
+    ranges: list[Range] = []
+    begin, end = 0, size
+    while end - begin > 1:
+        middle = begin + split_point(end - begin)
+        if index < middle:
+            ranges.append((middle, end))
+            end = middle
+        else:
+            ranges.append((begin, middle))
+            begin = middle
+    ranges.reverse()
+    return ranges
+
+
+def consistency_ranges(size1: int, size2: int) -> list[Range]:
+    """The leaf ranges whose hashes form PROOF(size1, D[size2]), in RFC 9162 order."""
+    if not 0 <= size1 <= size2:
+        raise ProofError(f"no consistency proof from size {size1} to size {size2}")
+    if size1 in (0, size2):
+        return []
+    ranges: list[Range] = []
+    begin, end, whole = 0, size2, True
+    # SUBPROOF(m, D[begin:end], whole) unrolled; size1 stays an absolute leaf count.
+    while size1 != end:
+        middle = begin + split_point(end - begin)
+        if size1 <= middle:
+            ranges.append((middle, end))
+            end = middle
+        else:
+            ranges.append((begin, middle))
+            begin, whole = middle, False
+    if not whole:
+        ranges.append((begin, end))
+    ranges.reverse()
+    return ranges
+
+
+def nodes_for(ranges: Sequence[Range]) -> list[NodeId]:
+    """The stored perfect nodes needed to hash `ranges`."""
+    return [node for begin, end in ranges for node in range_nodes(begin, end)]
+
+
+def inclusion_nodes(index: int, size: int) -> list[NodeId]:
+    return nodes_for(inclusion_ranges(index, size))
+
+
+def consistency_nodes(size1: int, size2: int) -> list[NodeId]:
+    return nodes_for(consistency_ranges(size1, size2))
+
+
+def inclusion_proof(index: int, size: int, nodes: Mapping[NodeId, bytes]) -> list[bytes]:
+    return [range_hash(begin, end, nodes) for begin, end in inclusion_ranges(index, size)]
+
+
+def consistency_proof(size1: int, size2: int, nodes: Mapping[NodeId, bytes]) -> list[bytes]:
+    return [range_hash(begin, end, nodes) for begin, end in consistency_ranges(size1, size2)]
+
+
+def _check_hashes(*hashes: bytes) -> None:
+    if any(len(h) != HASH_SIZE for h in hashes):
+        raise ProofError("a hash is not 32 bytes long")
+
+
+def root_from_inclusion_proof(index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes]) -> bytes:
+    """The root that `proof` implies for `leaf_hash` at `index` (RFC 9162 2.1.3.2)."""
+    if not 0 <= index < size:
+        raise ProofError(f"leaf index {index} is not in a tree of size {size}")
+    _check_hashes(leaf_hash, *proof)
+    fn, sn, r = index, size - 1, leaf_hash
+    for p in proof:
+        if sn == 0:
+            raise ProofError("inclusion proof is longer than the tree is deep")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = node_hash(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    if sn != 0:
+        raise ProofError("inclusion proof is shorter than the tree is deep")
+    return r
+
+
+def verify_inclusion(index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes], root: bytes) -> None:
+    """Raise ProofError unless `proof` shows `leaf_hash` at `index` in the tree with `root`."""
+    _check_hashes(root)
+    if not hmac.compare_digest(root_from_inclusion_proof(index, size, leaf_hash, proof), root):
+        raise ProofError("inclusion proof does not lead to the root")
+
+
+def verify_consistency(size1: int, size2: int, root1: bytes, root2: bytes, proof: Sequence[bytes]) -> None:
+    """Raise ProofError unless `proof` shows the tree (size1, root1) is a prefix of (size2, root2)."""
+    if not 0 <= size1 <= size2:
+        raise ProofError(f"size {size1} cannot be a prefix of size {size2}")
+    _check_hashes(root1, root2, *proof)
+    if size1 == size2 or size1 == 0:
+        if proof:
+            raise ProofError("a trivial consistency proof must be empty")
+        if size1 == size2 and not hmac.compare_digest(root1, root2):
+            raise ProofError("equal sizes with different roots")
+        return
+    if not proof:
+        raise ProofError("consistency proof is empty")
+    path = list(proof)
+    if size1 & (size1 - 1) == 0:
+        # size1 is a power of two: the old root is itself a node of the new tree.
+        path.insert(0, root1)
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ProofError("consistency proof is longer than the tree is deep")
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = node_hash(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    if sn != 0:
+        raise ProofError("consistency proof is shorter than the tree is deep")
+    if not (hmac.compare_digest(fr, root1) and hmac.compare_digest(sr, root2)):
+        raise ProofError("consistency proof does not lead to both roots")
