@@ -19,9 +19,7 @@ PurposeKey = Annotated[str, msgspec.Meta(pattern=PURPOSE_PATTERN)]
 # Fixed width and always UTC, so comparing two of these as strings compares the instants.
 Timestamp = Annotated[str, msgspec.Meta(pattern=TIMESTAMP_PATTERN)]
 Subject = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
-EntryId = Annotated[
-    str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-]
+EntryId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
 PolicyVersion = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 EvidenceKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 EvidenceValue = Annotated[str, msgspec.Meta(max_length=256)]

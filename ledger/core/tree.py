@@ -15,7 +15,8 @@ from ledger.core.rfc6962 import EMPTY_ROOT, node_hash
 
 class NodeId(NamedTuple):
     level: int
-    index: int
+    # Shadows tuple.index on purpose: (level, index) is the name every Merkle log uses.
+    index: int  # type: ignore[assignment]
 
     @property
     def begin(self) -> int:

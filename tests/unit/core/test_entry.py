@@ -43,9 +43,7 @@ def test_bytes_are_sorted_compact_utf8_and_omit_nulls() -> None:
         + b'","v":1}'
     )
     assert b"expires_at" not in data
-    assert b'"expires_at":"2027-11-28T10:00:00.000000Z"' in entry_bytes(
-        make(expires_at="2027-11-28T10:00:00.000000Z")
-    )
+    assert b'"expires_at":"2027-11-28T10:00:00.000000Z"' in entry_bytes(make(expires_at="2027-11-28T10:00:00.000000Z"))
 
 
 def test_round_trip() -> None:
@@ -95,11 +93,10 @@ def test_field_rules(change: dict[str, object]) -> None:
 @given(st.datetimes(timezones=st.just(UTC)))
 def test_times_are_fixed_width_and_order_like_instants(moment: datetime) -> None:
     text = format_time(moment)
-    assert len(text) == 27 and text.endswith("Z")
+    assert len(text) == 27
+    assert text.endswith("Z")
     assert parse_time(text) == moment
-    later = (
-        format_time(moment + timedelta(microseconds=1)) if moment < datetime.max.replace(tzinfo=UTC) else text
-    )
+    later = format_time(moment + timedelta(microseconds=1)) if moment < datetime.max.replace(tzinfo=UTC) else text
     assert later >= text
 
 

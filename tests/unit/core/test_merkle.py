@@ -152,6 +152,14 @@ def test_consistency_roots_agree_with_pymerkle() -> None:
             verify_consistency(size1, size2, tree.get_root(size1), tree.get_root(size2), proof)
 
 
+def assert_refused(verify, probe, desc: str) -> None:  # type: ignore[no-untyped-def]
+    try:
+        verify(*probe)
+    except ProofError:
+        return
+    pytest.fail(f"verified a corrupted proof: {desc}")
+
+
 def _flip(value: bytes, bit: int = 3) -> bytes:
     return bytes([value[0] ^ (1 << bit)]) + value[1:]
 
@@ -186,14 +194,10 @@ def test_corrupted_inclusion_proofs_fail(index: int, size: int) -> None:
     proof = inclusion_proof(index, size, nodes)
     verify_inclusion(index, size, leaf, proof, root)
     for desc, *probe in corrupted_inclusion(index, size, leaf, proof, root):
-        with pytest.raises(ProofError):
-            verify_inclusion(*probe)
-            pytest.fail(f"verified a corrupted proof: {desc}")
+        assert_refused(verify_inclusion, probe, desc)
 
 
-@pytest.mark.parametrize(
-    ("size1", "size2"), [(1, 8), (6, 8), (2, 5), (6, 7), (3, 300), (128, 300), (299, 300)]
-)
+@pytest.mark.parametrize(("size1", "size2"), [(1, 8), (6, 8), (2, 5), (6, 7), (3, 300), (128, 300), (299, 300)])
 def test_corrupted_consistency_proofs_fail(size1: int, size2: int) -> None:
     roots = MODEL_ROOTS if size2 > 8 else VECTOR_ROOTS
     nodes = MODEL_NODES if size2 > 8 else VECTOR_NODES
@@ -231,9 +235,7 @@ def test_corrupted_consistency_proofs_fail(size1: int, size2: int) -> None:
         for i in range(len(proof))
     ]
     for desc, *probe in probes:
-        with pytest.raises(ProofError):
-            verify_consistency(*probe)
-            pytest.fail(f"verified a corrupted proof: {desc}")
+        assert_refused(verify_consistency, probe, desc)
 
 
 def test_trivial_consistency() -> None:

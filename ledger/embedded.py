@@ -1,0 +1,39 @@
+"""The embedded PostgreSQL: pgserver's binaries, run in the data directory.
+
+pgserver counts the processes that use a data directory and stops the server when the last
+one exits, so `ledger serve` and any other `ledger` command share one server. It cleans up at
+interpreter exit, which SIGTERM skips unless handled: `handle_sigterm` makes it a normal exit.
+"""
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ledger.errors import ConfigError
+
+DATABASE = "ledger"
+
+
+def handle_sigterm() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def start(data_dir: Path) -> tuple[Any, str]:
+    """Start (or join) the server in `data_dir`; return its handle and the server's URL."""
+    import pgserver  # imported here: it is heavy, and only embedded mode needs it
+
+    pgdata = data_dir / "postgres"
+    try:
+        pgdata.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    except PermissionError as exc:
+        raise ConfigError(f"LEDGER_DATA_DIR={data_dir}: {exc.strerror}") from None
+    return server, server.get_uri()
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, naming another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))

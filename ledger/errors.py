@@ -1,0 +1,23 @@
+"""Errors the service's edges raise and translate: configuration, storage, requests."""
+
+from ledger.core.errors import LedgerError
+
+
+class ConfigError(LedgerError):
+    """A configuration value is wrong; the message names the variable."""
+
+
+class StorageError(LedgerError):
+    """The database refused or lost an operation."""
+
+
+class AppendOnlyViolation(StorageError):
+    """PostgreSQL refused to change or remove a row of the log."""
+
+
+class LogCorrupted(StorageError):
+    """The stored tree does not match the latest signed checkpoint: the service stops appending."""
+
+
+class MigrationError(StorageError):
+    """A migration file is malformed or an applied one was edited."""

@@ -1,0 +1,128 @@
+"""Configuration from the environment (CONTRACT section 5), checked once at start."""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+import platformdirs
+
+from ledger.errors import ConfigError
+
+DEFAULT_ORIGIN = "consent-ledger.localhost/log"
+KNOWN = {
+    "LEDGER_DATABASE_URL",
+    "LEDGER_DATA_DIR",
+    "LEDGER_SIGNING_KEY",
+    "LEDGER_LOG_ORIGIN",
+    "LEDGER_KEY_NAME",
+    "LEDGER_PURPOSES",
+    "LEDGER_ADMIN_TOKEN",
+    "LEDGER_CONSISTENCY_WAIT_MS",
+    "LEDGER_MAX_STALENESS_MS",
+    "LEDGER_CACHE_SIZE",
+    "LEDGER_WORKERS",
+    "LEDGER_WEBHOOK_ALLOW_PRIVATE",
+    "LEDGER_TOMBSTONE_KEY",
+}
+MIN_ADMIN_TOKEN_LENGTH = 32
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str | None = None
+    data_dir: Path = Path(platformdirs.user_data_dir("consent-ledger"))
+    signing_key: Path | None = None
+    log_origin: str = DEFAULT_ORIGIN
+    key_name: str | None = None
+    purposes: Path | None = None
+    admin_token: str | None = None
+    consistency_wait_ms: int = 1000
+    max_staleness_ms: int = 2000
+    cache_size: int = 100_000
+    workers: int = 1
+    webhook_allow_private: bool = False
+    tombstone_key: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return not self.database_url
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key or self.data_dir / "signing.key"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        return parse(os.environ if env is None else env)
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value}: must be between {low} and {high}")
+    return value
+
+
+def _boolean(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _name(env: Mapping[str, str], name: str, value: str) -> str:
+    # Origins and key names end up in signed notes: one printable line, no spaces or '+'.
+    if any(c.isspace() or c == "+" for c in value) or not value.isprintable():
+        raise ConfigError(f"{name}={value!r}: must be printable, without spaces or '+'")
+    return value
+
+
+def parse(env: Mapping[str, str]) -> Settings:
+    origin = _name(env, "LEDGER_LOG_ORIGIN", _text(env, "LEDGER_LOG_ORIGIN") or DEFAULT_ORIGIN)
+    key_name = _text(env, "LEDGER_KEY_NAME")
+    database_url = _text(env, "LEDGER_DATABASE_URL")
+    if database_url and not database_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("LEDGER_DATABASE_URL: expected a postgresql:// URL")
+    admin_token = _text(env, "LEDGER_ADMIN_TOKEN")
+    if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(f"LEDGER_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN_LENGTH} characters")
+    signing_key = _text(env, "LEDGER_SIGNING_KEY")
+    if signing_key and not Path(signing_key).is_file():
+        raise ConfigError(f"LEDGER_SIGNING_KEY={signing_key}: no such file")
+    purposes = _text(env, "LEDGER_PURPOSES")
+    if purposes and not Path(purposes).is_file():
+        raise ConfigError(f"LEDGER_PURPOSES={purposes}: no such file")
+    data_dir = _text(env, "LEDGER_DATA_DIR")
+    return Settings(
+        database_url=database_url,
+        data_dir=Path(data_dir).expanduser().absolute() if data_dir else Settings().data_dir,
+        signing_key=Path(signing_key) if signing_key else None,
+        log_origin=origin,
+        key_name=_name(env, "LEDGER_KEY_NAME", key_name) if key_name else None,
+        purposes=Path(purposes) if purposes else None,
+        admin_token=admin_token,
+        consistency_wait_ms=_integer(env, "LEDGER_CONSISTENCY_WAIT_MS", 1000, 0, 60_000),
+        max_staleness_ms=_integer(env, "LEDGER_MAX_STALENESS_MS", 2000, 1, 600_000),
+        cache_size=_integer(env, "LEDGER_CACHE_SIZE", 100_000, 0, 100_000_000),
+        workers=_integer(env, "LEDGER_WORKERS", 1, 1, 256),
+        webhook_allow_private=_boolean(env, "LEDGER_WEBHOOK_ALLOW_PRIVATE"),
+        tombstone_key=_text(env, "LEDGER_TOMBSTONE_KEY"),
+    )
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """LEDGER_* names that mean nothing here: most likely typos worth a warning."""
+    return sorted(k for k in env if k.startswith("LEDGER_") and k not in KNOWN and not k.startswith("LEDGER_TEST_"))

@@ -1,0 +1,1 @@
+"""PostgreSQL adapters: the only package that imports asyncpg."""
