@@ -37,6 +37,10 @@ class Appender:
         self.appended = 0
 
     @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
     def tree_size(self) -> int | None:
         return None if self._tree is None else self._tree.size
 
@@ -56,7 +60,7 @@ class Appender:
 
     async def append(self, draft: Draft) -> Sealed:
         """Return once the draft's batch is durable; raise StorageError if it did not commit."""
-        if self._task is None or self._task.done():
+        if not self.running:
             raise StorageError("the appender is not running")
         future: asyncio.Future[Sealed] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(draft, future))

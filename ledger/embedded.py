@@ -5,8 +5,10 @@ one exits, so `ledger serve` and any other `ledger` command share one server. It
 interpreter exit, which SIGTERM skips unless handled: `handle_sigterm` makes it a normal exit.
 """
 
+import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +25,10 @@ def handle_sigterm() -> None:
 def start(data_dir: Path) -> tuple[Any, str]:
     """Start (or join) the server in `data_dir`; return its handle and the server's URL."""
     import pgserver  # imported here: it is heavy, and only embedded mode needs it
+
+    # pgserver narrates every pg_ctl call at INFO; its warnings and errors still come through.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdirs")
 
     pgdata = data_dir / "postgres"
     try:

@@ -21,3 +21,7 @@ class LogCorrupted(StorageError):
 
 class MigrationError(StorageError):
     """A migration file is malformed or an applied one was edited."""
+
+
+class InvalidRequest(LedgerError):
+    """The caller asked for something that cannot be: answered with a 4xx, nothing changes."""

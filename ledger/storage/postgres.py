@@ -24,6 +24,7 @@ from ledger.core.tree import NodeId
 from ledger.errors import AppendOnlyViolation, StorageError
 
 LOG_CHANNEL = "consent_ledger_log"
+Queryable = asyncpg.Connection | asyncpg.Pool | asyncpg.pool.PoolConnectionProxy
 
 
 @contextlib.contextmanager
@@ -93,7 +94,7 @@ _NODES = """
 """
 
 
-async def _fetch_nodes(conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[NodeId]) -> dict[NodeId, bytes]:
+async def _fetch_nodes(conn: Queryable, ids: Sequence[NodeId]) -> dict[NodeId, bytes]:
     if not ids:
         return {}
     rows = await conn.fetch(_NODES, [n.level for n in ids], [n.index for n in ids])
@@ -113,7 +114,7 @@ def _head(row: asyncpg.Record | None) -> Head | None:
 class AppendTransaction:
     """One group-commit batch: lock, read the head, write entries, nodes and one checkpoint."""
 
-    def __init__(self, conn: "asyncpg.Connection | asyncpg.pool.PoolConnectionProxy") -> None:
+    def __init__(self, conn: Queryable) -> None:
         self.conn = conn
 
     async def lock_head(self) -> Head | None:

@@ -1,0 +1,29 @@
+"""Bearer tokens and scopes, checked before any handler runs."""
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+
+from ledger.auth import grants
+from ledger.service import Ledger
+
+Guard = Any
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="consent-ledger"'}
+
+
+def require(scope: str) -> Guard:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], __: BaseRouteHandler) -> None:
+        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NotAuthorizedException("a bearer token is required", headers=CHALLENGE)
+        ledger: Ledger = connection.app.state.ledger
+        record = await ledger.authenticate(token.strip())
+        if record is None:
+            raise NotAuthorizedException("the token is not valid", headers=CHALLENGE)
+        if not grants(record.scopes, scope):
+            raise PermissionDeniedException(f"the token lacks the {scope} scope")
+        connection.scope["ledger_token"] = record.name  # type: ignore[typeddict-unknown-key]
+
+    return guard

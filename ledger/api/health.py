@@ -1,0 +1,24 @@
+"""Liveness and readiness for orchestrators: public, cheap, no secrets."""
+
+import msgspec
+from litestar import Controller, Response, get
+
+from ledger.service import Ledger
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class HealthController(Controller):
+    path = "/health"
+
+    @get("/live", sync_to_thread=False)
+    def live(self) -> Health:
+        return Health("ok")
+
+    @get("/ready")
+    async def ready(self, ledger: Ledger) -> Response[Health]:
+        if await ledger.ready():
+            return Response(Health("ready"))
+        return Response(Health("unavailable"), status_code=503, headers={"Retry-After": "1"})

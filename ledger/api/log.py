@@ -1,0 +1,79 @@
+"""The public face of the log: keys, checkpoints, entries and proofs (CONTRACT section 3)."""
+
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, get
+from litestar.params import Parameter
+from litestar.response import Response, Stream
+
+from ledger.api.guards import require
+from ledger.service import Ledger
+
+NonNegative = Annotated[int, Parameter(ge=0)]
+
+
+class KeyOut(msgspec.Struct):
+    key_name: str
+    key_id: str
+    vkey: str
+    algorithm: str
+    active: bool
+
+
+class KeysOut(msgspec.Struct):
+    keys: list[KeyOut]
+
+
+class InclusionOut(msgspec.Struct):
+    index: int
+    tree_size: int
+    proof: list[str]
+
+
+class ConsistencyOut(msgspec.Struct, rename={"size1": "from", "size2": "to"}):
+    size1: int
+    size2: int
+    proof: list[str]
+
+
+class KeysController(Controller):
+    path = "/v1/keys"
+
+    @get("/", sync_to_thread=False)
+    async def keys(self, ledger: Ledger) -> KeysOut:
+        return KeysOut([KeyOut(k.key_name, k.key_id, k.vkey, "ed25519", k.active) for k in await ledger.keys()])
+
+
+class LogController(Controller):
+    path = "/v1/log"
+
+    @get("/checkpoint", media_type="text/plain")
+    async def checkpoint(self, ledger: Ledger) -> Response[str]:
+        return Response(await ledger.checkpoint(), headers={"Cache-Control": "no-store"})
+
+    @get("/entries", guards=[require("audit:read")])
+    async def entries(
+        self, ledger: Ledger, start: NonNegative = 0, end: Annotated[int | None, Parameter(ge=0)] = None
+    ) -> Stream:
+        first, last, lines = await ledger.entries(start, end)
+        return Stream(
+            lines,
+            media_type="application/x-ndjson",
+            headers={"Ledger-Entries-Start": str(first), "Ledger-Entries-End": str(last)},
+        )
+
+    @get("/proof/inclusion", guards=[require("audit:read")])
+    async def inclusion(self, ledger: Ledger, index: NonNegative, tree_size: NonNegative) -> InclusionOut:
+        proof = await ledger.inclusion(index, tree_size)
+        return InclusionOut(index, tree_size, [h.hex() for h in proof])
+
+    @get("/proof/consistency", guards=[require("audit:read")])
+    async def consistency(
+        self,
+        ledger: Ledger,
+        size1: Annotated[int, Parameter(query="from", ge=0)],
+        size2: Annotated[int, Parameter(query="to", ge=0)],
+    ) -> ConsistencyOut:
+        proof = await ledger.consistency(size1, size2)
+        return ConsistencyOut(size1, size2, [h.hex() for h in proof])

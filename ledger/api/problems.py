@@ -1,0 +1,66 @@
+"""RFC 9457 problem details: every error the API returns, shaped in one place."""
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from ledger.errors import InvalidRequest, StorageError
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://consent-ledger.dev/problems/"
+log = logging.getLogger("ledger.api")
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+
+
+def problem(status: int, slug: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> Response[Any]:
+    body = Problem(type=TYPE_BASE + slug, title=HTTPStatus(status).phrase, status=status, detail=detail, **extra)
+    return Response(
+        content=msgspec.json.encode(body),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _invalid(_: Request[Any, Any, Any], exc: InvalidRequest) -> Response[Any]:
+    return problem(400, "invalid-request", str(exc))
+
+
+def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    errors = exc.extra if isinstance(exc.extra, list) else None
+    return problem(400, "invalid-request", exc.detail, errors=errors)
+
+
+def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    slug = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
+    return problem(exc.status_code, slug, exc.detail, headers=exc.headers)
+
+
+def _unavailable(_: Request[Any, Any, Any], exc: StorageError) -> Response[Any]:
+    log.error("storage unavailable: %s", exc)
+    return problem(503, "unavailable", "the ledger's database is unavailable; retry later", {"Retry-After": "1"})
+
+
+def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error", exc_info=exc)
+    return problem(500, "internal-error", "an internal error occurred; nothing was changed by it")
+
+
+EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
+    InvalidRequest: _invalid,
+    ValidationException: _validation,
+    HTTPException: _http,
+    StorageError: _unavailable,
+    Exception: _internal,
+}

@@ -1,0 +1,68 @@
+"""create_app(): the Litestar application, its lifespan and its layers."""
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import MutableScopeHeaders, State
+from litestar.di import Provide
+from litestar.types import Message, Scope
+
+from ledger import embedded, keys
+from ledger.api.health import HealthController
+from ledger.api.log import KeysController, LogController
+from ledger.api.problems import EXCEPTION_HANDLERS
+from ledger.service import Ledger
+from ledger.settings import Settings
+from ledger.storage.postgres import ensure_database
+
+CONSISTENCY_TOKEN = "Consistency-Token"
+
+
+async def resolve_database(settings: Settings) -> tuple[str, Any]:
+    """The URL to use, starting the embedded server when none is configured."""
+    if settings.database_url:
+        return settings.database_url, None
+    server, server_url = embedded.start(settings.data_dir)
+    await ensure_database(server_url, embedded.DATABASE)
+    return embedded.with_database(server_url, embedded.DATABASE), server
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        url, server = await resolve_database(settings)
+        ledger = await Ledger.open(settings, url, keys.load_signer(settings))
+        app.state.ledger = ledger
+        try:
+            yield
+        finally:
+            await ledger.close()
+            if server is not None:
+                server.cleanup()
+
+    def ledger_of(state: State) -> Ledger:
+        ledger: Ledger = state.ledger
+        return ledger
+
+    async def add_consistency_token(message: Message, _: Scope) -> None:
+        # At the ASGI edge, so error responses and streams carry it too.
+        ledger: Ledger | None = getattr(app.state, "ledger", None)
+        if message["type"] == "http.response.start" and ledger is not None:
+            MutableScopeHeaders.from_message(message)[CONSISTENCY_TOKEN] = ledger.consistency_token()
+
+    app = Litestar(
+        route_handlers=[HealthController, KeysController, LogController],
+        lifespan=[lifespan],
+        dependencies={"ledger": Provide(ledger_of, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[add_consistency_token],
+        openapi_config=None,
+        debug=os.environ.get("LEDGER_DEBUG") == "1",
+    )
+    app.state.settings = settings
+    return app

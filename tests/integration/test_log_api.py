@@ -1,0 +1,202 @@
+"""The log's HTTP endpoints through a real server: keys, checkpoint, entries, proofs, auth, errors."""
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ledger import auth
+from ledger.appender import Appender
+from ledger.core.checkpoint import open_checkpoint
+from ledger.core.note import Verifier
+from ledger.core.proof import verify_consistency, verify_inclusion
+from ledger.core.rfc6962 import leaf_hash
+from ledger.core.verify import verify_log
+from ledger.keys import read_key_file, write_key_file
+from ledger.storage.postgres import Store
+
+from .helpers import draft
+from .server import ADMIN_TOKEN, running_server, server_env
+
+ORIGIN = "api.test/log"
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    write_key_file(tmp_path / "signing.key", ORIGIN)
+    return tmp_path / "signing.key"
+
+
+@pytest.fixture
+def base_url(database_url: str, tmp_path: Path, key_file: Path) -> Iterator[str]:
+    env = server_env(database_url, tmp_path, LEDGER_SIGNING_KEY=str(key_file), LEDGER_LOG_ORIGIN=ORIGIN)
+    with running_server(env) as url:
+        yield url
+
+
+@pytest.fixture
+async def tokens(store: Store, base_url: str) -> dict[str, str]:
+    made = {}
+    for scope in auth.SCOPES:
+        made[scope] = auth.new_token()
+        await store.create_token(f"t-{scope}", auth.token_hash(made[scope]), [scope])
+    return made
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+async def filled(store: Store, key_file: Path, base_url: str) -> list:  # type: ignore[type-arg]
+    """Twenty entries appended by a second writer on the same database, as another replica would."""
+    appender = Appender(store, read_key_file(key_file), ORIGIN)
+    await appender.start()
+    sealed = [await appender.append(draft(f"api-{i}", action="grant" if i % 3 else "withdraw")) for i in range(20)]
+    await appender.stop()
+    return sealed
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_keys_and_checkpoint_are_public_and_verify(client: httpx.AsyncClient, filled: list) -> None:  # type: ignore[type-arg]
+    keys = (await client.get("/v1/keys")).json()["keys"]
+    assert len(keys) == 1
+    key = keys[0]
+    assert key["algorithm"] == "ed25519"
+    assert key["active"] is True
+    assert key["key_name"] == ORIGIN
+    assert key["vkey"].startswith(f"{ORIGIN}+{key['key_id']}+")
+    response = await client.get("/v1/log/checkpoint")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["consistency-token"]
+    checkpoint = open_checkpoint(response.text, [Verifier.from_vkey(key["vkey"])], origin=ORIGIN)
+    assert checkpoint.size == 20
+
+
+async def test_entries_are_exact_bytes_and_verify_offline(
+    client: httpx.AsyncClient,
+    tokens: dict[str, str],
+    filled: list,  # type: ignore[type-arg]
+) -> None:
+    response = await client.get("/v1/log/entries", params={"start": 0, "end": 20}, headers=bearer(tokens["audit:read"]))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    lines = response.content.split(b"\n")
+    assert lines[-1] == b""
+    assert lines[:-1] == [s.leaf for s in filled]
+    vkey = (await client.get("/v1/keys")).json()["keys"][0]["vkey"]
+    verify_log(lines[:-1], (await client.get("/v1/log/checkpoint")).text, [Verifier.from_vkey(vkey)])
+    part = await client.get("/v1/log/entries?start=5&end=8", headers=bearer(tokens["admin"]))
+    assert part.content.split(b"\n")[:-1] == [s.leaf for s in filled[5:8]]
+    clamped = await client.get("/v1/log/entries?start=18&end=1000", headers=bearer(tokens["audit:read"]))
+    assert clamped.content.count(b"\n") == 2
+
+
+async def test_proofs_verify_against_signed_checkpoints(
+    client: httpx.AsyncClient,
+    tokens: dict[str, str],
+    filled: list,  # type: ignore[type-arg]
+) -> None:
+    vkey = Verifier.from_vkey((await client.get("/v1/keys")).json()["keys"][0]["vkey"])
+    head = open_checkpoint((await client.get("/v1/log/checkpoint")).text, [vkey])
+    h = bearer(tokens["audit:read"])
+    for index in (0, 7, 19):
+        body = (await client.get(f"/v1/log/proof/inclusion?index={index}&tree_size=20", headers=h)).json()
+        assert body["index"] == index
+        assert body["tree_size"] == 20
+        proof = [bytes.fromhex(p) for p in body["proof"]]
+        verify_inclusion(index, 20, leaf_hash(filled[index].leaf), proof, head.root)
+    # Every receipt's checkpoint is consistent with the latest one.
+    for sealed in filled:
+        old = open_checkpoint(sealed.checkpoint, [vkey])
+        body = (await client.get(f"/v1/log/proof/consistency?from={old.size}&to=20", headers=h)).json()
+        assert (body["from"], body["to"]) == (old.size, 20)
+        verify_consistency(old.size, 20, old.root, head.root, [bytes.fromhex(p) for p in body["proof"]])
+
+
+@pytest.mark.parametrize(
+    ("path", "detail"),
+    [
+        ("/v1/log/proof/inclusion?index=20&tree_size=20", "not in a tree"),
+        ("/v1/log/proof/inclusion?index=0&tree_size=21", "beyond"),
+        ("/v1/log/proof/inclusion?index=-1&tree_size=5", ""),
+        ("/v1/log/proof/inclusion?index=x&tree_size=5", ""),
+        ("/v1/log/proof/inclusion?tree_size=5", "index"),
+        ("/v1/log/proof/consistency?from=5&to=4", "no consistency proof"),
+        ("/v1/log/proof/consistency?from=1&to=99", "beyond"),
+        ("/v1/log/entries?start=21", "outside"),
+        ("/v1/log/entries?start=5&end=2", "before"),
+    ],
+)
+async def test_bad_requests_get_problem_json(
+    client: httpx.AsyncClient,
+    tokens: dict[str, str],
+    filled: list,  # type: ignore[type-arg]
+    path: str,
+    detail: str,
+) -> None:
+    response = await client.get(path, headers=bearer(tokens["audit:read"]))
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["consistency-token"]
+    body = response.json()
+    assert set(body) >= {"type", "title", "status", "detail"}
+    assert body["status"] == 400
+    assert detail in body["detail"]
+
+
+PROTECTED = [
+    "/v1/log/entries?start=0&end=1",
+    "/v1/log/proof/inclusion?index=0&tree_size=1",
+    "/v1/log/proof/consistency?from=0&to=1",
+]
+
+
+@pytest.mark.parametrize("path", PROTECTED)
+async def test_audit_endpoints_need_a_valid_token_with_the_scope(
+    client: httpx.AsyncClient,
+    tokens: dict[str, str],
+    filled: list,  # type: ignore[type-arg]
+    path: str,
+) -> None:
+    for headers in (
+        {},
+        bearer("cl_not-a-real-token"),
+        {"Authorization": "Basic Zm9vOmJhcg=="},
+        {"Authorization": "Bearer"},
+    ):
+        response = await client.get(path, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    for scope in ("consent:check", "consent:write"):
+        response = await client.get(path, headers=bearer(tokens[scope]))
+        assert response.status_code == 403
+        assert response.json()["status"] == 403
+    for scope in ("audit:read", "admin"):
+        assert (await client.get(path, headers=bearer(tokens[scope]))).status_code == 200
+    assert (await client.get(path, headers=bearer(ADMIN_TOKEN))).status_code == 200
+
+
+async def test_a_revoked_token_is_refused(client: httpx.AsyncClient, store: Store, tokens: dict[str, str]) -> None:
+    assert (await client.get(PROTECTED[0], headers=bearer(tokens["audit:read"]))).status_code == 200
+    assert await store.revoke_token("t-audit:read") == 1
+    assert (await client.get(PROTECTED[0], headers=bearer(tokens["audit:read"]))).status_code == 401
+
+
+async def test_public_endpoints_and_unknown_routes(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health/live")).json() == {"status": "ok"}
+    assert (await client.get("/health/ready")).json() == {"status": "ready"}
+    missing = await client.get("/v1/nothing-here")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    wrong_method = await client.delete("/v1/log/checkpoint")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["content-type"] == "application/problem+json"
