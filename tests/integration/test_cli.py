@@ -1,0 +1,83 @@
+"""The `ledger` command: keygen, tokens, migrate, and serve on the embedded server across restarts."""
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from ledger.core.checkpoint import open_checkpoint
+from ledger.core.note import Verifier
+from ledger.keys import read_key_file
+
+from .server import running_server
+
+
+def ledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args], env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_keygen_writes_a_0600_key_and_prints_its_verifier_key(tmp_path: Path) -> None:
+    out = tmp_path / "keys" / "ledger.key"
+    result = ledger("keygen", "--out", str(out), env={"LEDGER_LOG_ORIGIN": "consent.example/log"})
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    vkey = result.stdout.strip().splitlines()[-1]
+    verifier = Verifier.from_vkey(vkey)
+    assert verifier.name == "consent.example/log"
+    assert read_key_file(out).verifier.vkey == vkey
+    again = ledger("keygen", "--out", str(out), env={})
+    assert again.returncode == 2
+    assert "refusing to overwrite" in again.stderr
+
+
+def test_token_create_and_revoke(database_url: str) -> None:
+    env = {"LEDGER_DATABASE_URL": database_url}
+    created = ledger("token", "create", "--name", "checker", "--scope", "consent:check", env=env)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    assert token.startswith("cl_")
+    assert len(token) > 40
+    duplicate = ledger("token", "create", "--name", "checker", "--scope", "admin", env=env)
+    assert duplicate.returncode == 2
+    assert ledger("token", "revoke", "checker", env=env).returncode == 0
+    assert ledger("token", "revoke", "checker", env=env).returncode == 1
+    bad_scope = ledger("token", "create", "--name", "x", "--scope", "root", env=env)
+    assert bad_scope.returncode == 2
+
+
+def test_migrate_is_idempotent(empty_database_url: str) -> None:
+    env = {"LEDGER_DATABASE_URL": empty_database_url}
+    first = ledger("migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_log" in first.stdout
+    second = ledger("migrate", env=env)
+    assert "0 migration(s) applied" in second.stdout
+
+
+def test_serve_on_the_embedded_server_keeps_key_and_log_across_restarts(tmp_path: Path) -> None:
+    env = {"LEDGER_DATA_DIR": str(tmp_path / "data"), "LEDGER_LOG_ORIGIN": "embedded.test/log"}
+    with running_server(env) as base:
+        first_note = httpx.get(f"{base}/v1/log/checkpoint").text
+        vkey = httpx.get(f"{base}/v1/keys").json()["keys"][0]["vkey"]
+    key_file = tmp_path / "data" / "signing.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
+    # Another command reaches the same embedded database while no server runs.
+    created = ledger("token", "create", "--name", "ops", "--scope", "audit:read", env=env)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    with running_server(env) as base:
+        assert httpx.get(f"{base}/v1/log/checkpoint").text == first_note
+        assert httpx.get(f"{base}/v1/keys").json()["keys"][0]["vkey"] == vkey
+        proof = httpx.get(
+            f"{base}/v1/log/proof/consistency?from=0&to=0", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert proof.status_code == 200
+    checkpoint = open_checkpoint(first_note, [Verifier.from_vkey(vkey)], origin="embedded.test/log")
+    assert checkpoint.size == 0
