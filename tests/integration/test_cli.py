@@ -75,9 +75,7 @@ def test_serve_on_the_embedded_server_keeps_key_and_log_across_restarts(tmp_path
     with running_server(env) as base:
         assert httpx.get(f"{base}/v1/log/checkpoint").text == first_note
         assert httpx.get(f"{base}/v1/keys").json()["keys"][0]["vkey"] == vkey
-        proof = httpx.get(
-            f"{base}/v1/log/proof/consistency?from=0&to=0", headers={"Authorization": f"Bearer {token}"}
-        )
+        proof = httpx.get(f"{base}/v1/log/proof/consistency?from=0&to=0", headers={"Authorization": f"Bearer {token}"})
         assert proof.status_code == 200
     checkpoint = open_checkpoint(first_note, [Verifier.from_vkey(vkey)], origin="embedded.test/log")
     assert checkpoint.size == 0

@@ -55,5 +55,5 @@ async def test_a_failing_migration_leaves_no_trace(empty_database_url: str, tmp_
 
 def test_badly_named_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "1_init.sql").write_text("SELECT 1;")
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         discover(tmp_path)
