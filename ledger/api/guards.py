@@ -24,6 +24,5 @@ def require(scope: str) -> Guard:
             raise NotAuthorizedException("the token is not valid", headers=CHALLENGE)
         if not grants(record.scopes, scope):
             raise PermissionDeniedException(f"the token lacks the {scope} scope")
-        connection.scope["ledger_token"] = record.name  # type: ignore[typeddict-unknown-key]
 
     return guard

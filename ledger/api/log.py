@@ -40,7 +40,7 @@ class ConsistencyOut(msgspec.Struct, rename={"size1": "from", "size2": "to"}):
 class KeysController(Controller):
     path = "/v1/keys"
 
-    @get("/", sync_to_thread=False)
+    @get("/")
     async def keys(self, ledger: Ledger) -> KeysOut:
         return KeysOut([KeyOut(k.key_name, k.key_id, k.vkey, "ed25519", k.active) for k in await ledger.keys()])
 

@@ -76,6 +76,7 @@ class KeyRecord(NamedTuple):
 class TokenRecord(NamedTuple):
     name: str
     scopes: list[str]
+    token_hash: bytes
 
 
 class EntryRow(NamedTuple):
@@ -259,4 +260,4 @@ class Store:
                 "SELECT name, scopes, token_hash FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
                 token_hash,
             )
-        return None if row is None else TokenRecord(row["name"], list(row["scopes"]))
+        return None if row is None else TokenRecord(row["name"], list(row["scopes"]), bytes(row["token_hash"]))

@@ -77,5 +77,10 @@ def test_serve_on_the_embedded_server_keeps_key_and_log_across_restarts(tmp_path
         assert httpx.get(f"{base}/v1/keys").json()["keys"][0]["vkey"] == vkey
         proof = httpx.get(f"{base}/v1/log/proof/consistency?from=0&to=0", headers={"Authorization": f"Bearer {token}"})
         assert proof.status_code == 200
+        # And while it serves: a token created by another process works at once.
+        live = ledger("token", "create", "--name", "live", "--scope", "audit:read", env=env)
+        assert live.returncode == 0, live.stderr
+        headers = {"Authorization": f"Bearer {live.stdout.strip().splitlines()[-1]}"}
+        assert httpx.get(f"{base}/v1/log/entries?start=0", headers=headers).status_code == 200
     checkpoint = open_checkpoint(first_note, [Verifier.from_vkey(vkey)], origin="embedded.test/log")
     assert checkpoint.size == 0
