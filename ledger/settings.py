@@ -7,6 +7,7 @@ from pathlib import Path
 import msgspec
 import platformdirs
 
+from ledger.core.purposes import BUILT_IN, Registry, parse_registry
 from ledger.errors import ConfigError
 
 DEFAULT_ORIGIN = "consent-ledger.localhost/log"
@@ -35,6 +36,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_origin: str = DEFAULT_ORIGIN
     key_name: str | None = None
     purposes: Path | None = None
+    registry: Registry = BUILT_IN
     admin_token: str | None = None
     consistency_wait_ms: int = 1000
     max_staleness_ms: int = 2000
@@ -103,8 +105,7 @@ def parse(env: Mapping[str, str]) -> Settings:
     if signing_key and not Path(signing_key).is_file():
         raise ConfigError(f"LEDGER_SIGNING_KEY={signing_key}: no such file")
     purposes = _text(env, "LEDGER_PURPOSES")
-    if purposes and not Path(purposes).is_file():
-        raise ConfigError(f"LEDGER_PURPOSES={purposes}: no such file")
+    registry = load_registry(Path(purposes)) if purposes else BUILT_IN
     data_dir = _text(env, "LEDGER_DATA_DIR")
     return Settings(
         database_url=database_url,
@@ -113,6 +114,7 @@ def parse(env: Mapping[str, str]) -> Settings:
         log_origin=origin,
         key_name=_name(env, "LEDGER_KEY_NAME", key_name) if key_name else None,
         purposes=Path(purposes) if purposes else None,
+        registry=registry,
         admin_token=admin_token,
         consistency_wait_ms=_integer(env, "LEDGER_CONSISTENCY_WAIT_MS", 1000, 0, 60_000),
         max_staleness_ms=_integer(env, "LEDGER_MAX_STALENESS_MS", 2000, 1, 600_000),
@@ -121,6 +123,15 @@ def parse(env: Mapping[str, str]) -> Settings:
         webhook_allow_private=_boolean(env, "LEDGER_WEBHOOK_ALLOW_PRIVATE"),
         tombstone_key=_text(env, "LEDGER_TOMBSTONE_KEY"),
     )
+
+
+def load_registry(path: Path) -> Registry:
+    try:
+        return parse_registry(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"LEDGER_PURPOSES={path}: {exc.strerror}") from None
+    except msgspec.MsgspecError as exc:
+        raise ConfigError(f"LEDGER_PURPOSES={path}: {exc}") from None
 
 
 def unknown_variables(env: Mapping[str, str]) -> list[str]:

@@ -76,3 +76,13 @@ def test_the_cli_stops_with_one_clear_line() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "ledger: error: LEDGER_WORKERS='many': expected a whole number"
+
+
+def test_a_bad_purposes_file_names_the_variable(tmp_path: Path) -> None:
+    bad = tmp_path / "purposes.toml"
+    bad.write_text('[purposes.telemetry]\ntitle = "x"\n')
+    with pytest.raises(ConfigError, match="LEDGER_PURPOSES=.*purposes.toml: Object missing required field"):
+        parse({"LEDGER_PURPOSES": str(bad)})
+    good = tmp_path / "good.toml"
+    good.write_text('[purposes.ads]\ntitle = "Ads"\ndescription = "d"\nrecipients = []\ndata_categories = []\n')
+    assert list(parse({"LEDGER_PURPOSES": str(good)}).registry.purposes) == ["ads"]
