@@ -81,7 +81,7 @@ def test_the_cli_stops_with_one_clear_line() -> None:
 def test_a_bad_purposes_file_names_the_variable(tmp_path: Path) -> None:
     bad = tmp_path / "purposes.toml"
     bad.write_text('[purposes.telemetry]\ntitle = "x"\n')
-    with pytest.raises(ConfigError, match="LEDGER_PURPOSES=.*purposes.toml: Object missing required field"):
+    with pytest.raises(ConfigError, match=r"LEDGER_PURPOSES=.*purposes\.toml: Object missing required field"):
         parse({"LEDGER_PURPOSES": str(bad)})
     good = tmp_path / "good.toml"
     good.write_text('[purposes.ads]\ntitle = "Ads"\ndescription = "d"\nrecipients = []\ndata_categories = []\n')
