@@ -11,6 +11,8 @@ from litestar.di import Provide
 from litestar.types import Message, Scope
 
 from ledger import embedded, keys
+from ledger.api.checks import ChecksController, DevicesController, PurposesController
+from ledger.api.consents import ConsentsController
 from ledger.api.health import HealthController
 from ledger.api.log import KeysController, LogController
 from ledger.api.problems import EXCEPTION_HANDLERS
@@ -56,7 +58,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             MutableScopeHeaders.from_message(message)[CONSISTENCY_TOKEN] = ledger.consistency_token()
 
     app = Litestar(
-        route_handlers=[HealthController, KeysController, LogController],
+        route_handlers=[
+            HealthController,
+            KeysController,
+            LogController,
+            ConsentsController,
+            ChecksController,
+            DevicesController,
+            PurposesController,
+        ],
         lifespan=[lifespan],
         dependencies={"ledger": Provide(ledger_of, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,

@@ -3,6 +3,9 @@
 While a batch commits, new drafts wait in the queue; the next batch takes all of them. Under load
 that turns N fsyncs, N lock round trips and N signatures into one of each, and with a single
 caller it degrades to one transaction per append with no added delay.
+
+Idempotency keys are settled inside the batch, under the log lock: every writer of
+`idempotency_keys` holds it, so two retries of one request can never both append.
 """
 
 import asyncio
@@ -10,18 +13,41 @@ import contextlib
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from ledger.core.batch import Draft, Sealed, SealedBatch, seal_batch
+from ledger.core.batch import Draft, Sealed, SealedBatch, latest_per_key, seal_batch
 from ledger.core.entry import format_time
 from ledger.core.note import Signer
 from ledger.core.rfc6962 import EMPTY_ROOT
 from ledger.core.tree import CompactRange, range_nodes
-from ledger.errors import LogCorrupted, StorageError
+from ledger.errors import IdempotencyConflict, LogCorrupted, StorageError
 from ledger.storage.postgres import AppendTransaction, EntryRow, Head, Store
+
+
+class Claim(NamedTuple):
+    """An Idempotency-Key, scoped to the token that sent it, and the hash of the request."""
+
+    token_name: str
+    key: str
+    request_hash: bytes
+
+    @property
+    def scope(self) -> tuple[str, str]:
+        return (self.token_name, self.key)
+
+
+class Replayed(NamedTuple):
+    """The request was already recorded: this is where."""
+
+    entry_index: int
+    tree_size: int
+
+
+Outcome = Sealed | Replayed
 
 
 class _Pending(NamedTuple):
     draft: Draft
-    future: asyncio.Future[Sealed]
+    claim: Claim | None
+    future: asyncio.Future[Outcome]
 
 
 class Appender:
@@ -35,6 +61,7 @@ class Appender:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.appended = 0
+        self.batch_sizes: list[int] = []
 
     @property
     def running(self) -> bool:
@@ -58,19 +85,23 @@ class Appender:
             await self._task
         self._task = None
 
-    async def append(self, draft: Draft) -> Sealed:
-        """Return once the draft's batch is durable; raise StorageError if it did not commit."""
+    async def append(self, draft: Draft, claim: Claim | None = None) -> Outcome:
+        """Return once the draft's batch is durable (or the claim is found already recorded).
+
+        Raise StorageError if the batch did not commit, IdempotencyConflict if the claim's key
+        was used for another request.
+        """
         if not self.running:
             raise StorageError("the appender is not running")
-        future: asyncio.Future[Sealed] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(draft, future))
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(draft, claim, future))
         return await future
 
     async def _ensure_genesis(self) -> None:
         """Sign the empty tree once, so the log always has a checkpoint to serve and extend."""
         async with self.store.appending() as tx:
             if await tx.lock_head() is None:
-                await self._write(tx, [], CompactRange(), None)
+                await self._write(tx, [], CompactRange(), None, [])
 
     async def _run(self) -> None:
         while True:
@@ -79,32 +110,73 @@ class Appender:
                 batch.append(self._queue.get_nowait())
             live = [p for p in batch if not p.future.cancelled()]
             try:
-                results = await self._commit([p.draft for p in live]) if live else []
+                outcomes = await self._commit(live) if live else []
             except Exception as exc:
                 # The transaction rolled back as a whole: nobody in it was acknowledged.
                 self._tree = None
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(exc if isinstance(exc, StorageError) else StorageError(str(exc)))
-            else:
-                for p, result in zip(live, results, strict=True):
-                    if not p.future.done():
-                        p.future.set_result(result)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+                error = exc if isinstance(exc, StorageError) else StorageError(f"{type(exc).__name__}: {exc}")
+                outcomes = [error] * len(live)
+            for p, outcome in zip(live, outcomes, strict=True):
+                if p.future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    p.future.set_exception(outcome)
+                else:
+                    p.future.set_result(outcome)
+            for _ in batch:
+                self._queue.task_done()
 
-    async def _commit(self, drafts: list[Draft]) -> list[Sealed]:
+    async def _commit(self, batch: list[_Pending]) -> list[Outcome | Exception]:
         async with self.store.appending() as tx:
             head = await tx.lock_head()
             tree = await self._current_tree(tx, head)
+            claimed = await tx.claimed([p.claim.scope for p in batch if p.claim])
+            outcomes: list[Outcome | Exception | None] = [None] * len(batch)
+            fresh: list[int] = []
+            first_use: dict[tuple[str, str], int] = {}
+            for i, p in enumerate(batch):
+                if p.claim is not None:
+                    prior = claimed.get(p.claim.scope)
+                    if prior is not None:
+                        outcomes[i] = (
+                            Replayed(prior.idx, prior.tree_size)
+                            if prior.request_hash == p.claim.request_hash
+                            else IdempotencyConflict(f"Idempotency-Key {p.claim.key!r} was used for another request")
+                        )
+                        continue
+                    if p.claim.scope in first_use:
+                        continue  # a retry racing its original in the same batch: settled below
+                    first_use[p.claim.scope] = i
+                fresh.append(i)
+            drafts = [batch[i].draft for i in fresh]
             subjects = await tx.subjects([d.device_id for d in drafts])
-            batch = await self._write(tx, drafts, tree, head, [subjects[d.device_id] for d in drafts])
+            sealed = await self._write(
+                tx,
+                drafts,
+                tree,
+                head,
+                [subjects[d.device_id] for d in drafts],
+                [batch[i].claim for i in fresh],
+            )
         # Only now, after COMMIT returned, is the batch durable and the new tree ours to extend.
-        self._tree = batch.tree
+        self._tree = sealed.tree
         self.batches += 1
         self.appended += len(drafts)
-        return batch.sealed
+        self.batch_sizes.append(len(drafts))
+        for i, result in zip(fresh, sealed.sealed, strict=True):
+            outcomes[i] = result
+        for i, p in enumerate(batch):
+            if outcomes[i] is None and p.claim is not None:
+                original = batch[first_use[p.claim.scope]]
+                first = outcomes[first_use[p.claim.scope]]
+                assert isinstance(first, Sealed)
+                assert original.claim is not None
+                outcomes[i] = (
+                    Replayed(first.entry.index, first.tree_size)
+                    if original.claim.request_hash == p.claim.request_hash
+                    else IdempotencyConflict(f"Idempotency-Key {p.claim.key!r} was used for another request")
+                )
+        return [o for o in outcomes if o is not None]
 
     async def _current_tree(self, tx: AppendTransaction, head: Head | None) -> CompactRange:
         size, root = (head.size, head.root) if head else (0, EMPTY_ROOT)
@@ -123,13 +195,26 @@ class Appender:
         drafts: list[Draft],
         tree: CompactRange,
         head: Head | None,
-        subjects: list[str] | None = None,
+        subjects: list[str],
+        claims: list[Claim | None] | None = None,
     ) -> SealedBatch:
         now = datetime.now(UTC)
         # recorded_at never goes backwards along the log, even if this replica's clock lags.
         recorded = max(now, head.recorded_at) if head else now
-        batch = seal_batch(tree, drafts, subjects or [], format_time(recorded), self.origin, self.signer)
+        batch = seal_batch(tree, drafts, subjects, format_time(recorded), self.origin, self.signer)
         rows = [EntryRow(s.entry.index, s.leaf, s.entry.subject, s.entry.purpose, recorded) for s in batch.sealed]
         new_head = Head(batch.checkpoint.size, batch.checkpoint.root, batch.note, recorded)
-        await tx.write(rows, batch.nodes, new_head, self.signer.verifier.id.hex())
+        claim_rows = [
+            (c.token_name, c.key, c.request_hash, s.entry.index)
+            for c, s in zip(claims or [], batch.sealed, strict=False)
+            if c is not None
+        ]
+        await tx.write(
+            rows,
+            batch.nodes,
+            new_head,
+            self.signer.verifier.id.hex(),
+            latest_per_key([s.entry for s in batch.sealed]),
+            claim_rows,
+        )
         return batch

@@ -25,3 +25,11 @@ class MigrationError(StorageError):
 
 class InvalidRequest(LedgerError):
     """The caller asked for something that cannot be: answered with a 4xx, nothing changes."""
+
+
+class IdempotencyConflict(LedgerError):
+    """An Idempotency-Key was reused with a different request body."""
+
+
+class UnprocessableRequest(LedgerError):
+    """Well-formed, but not something the ledger can record or answer (unknown purpose, bad value)."""

@@ -1,16 +1,28 @@
 """The ledger's use cases, between the HTTP layer and storage."""
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
+import msgspec
+
 from ledger import auth
-from ledger.appender import Appender
+from ledger.appender import Appender, Claim, Replayed
 from ledger.core.batch import Draft, Sealed
+from ledger.core.decision import Decision, decide, deciding
+from ledger.core.entry import format_time, is_device_id, parse_entry, parse_time
 from ledger.core.errors import ProofError
 from ledger.core.note import Signer
 from ledger.core.proof import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
+from ledger.core.purposes import Registry
+from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import NodeId
-from ledger.errors import InvalidRequest, StorageError
+from ledger.errors import InvalidRequest, StorageError, UnprocessableRequest
+from ledger.models import ConsentIn, Receipt, consent_decoder
+from ledger.projection import Projection
 from ledger.settings import Settings
 from ledger.storage import migrations
 from ledger.storage.postgres import Store, TokenRecord, create_pool
@@ -18,10 +30,14 @@ from ledger.storage.postgres import Store, TokenRecord, create_pool
 ADMIN_TOKEN_NAME = "LEDGER_ADMIN_TOKEN"
 ENTRIES_PAGE = 1000
 CONSISTENCY_TOKEN_PREFIX = "ct1."
-
+# A device clock a little ahead is normal; an action dated further in the future is a bug or a lie.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+TOKEN_CACHE_SECONDS = 5.0
+TOKEN_CACHE_LIMIT = 10_000
 
 NodesFor = Callable[[int, int], list[NodeId]]
 BuildProof = Callable[[int, int, Mapping[NodeId, bytes]], list[bytes]]
+_canonical = msgspec.json.Encoder(order="sorted")
 
 
 class KeyInfo(NamedTuple):
@@ -31,13 +47,33 @@ class KeyInfo(NamedTuple):
     active: bool
 
 
+class ConsistencyTimeout(StorageError):
+    """This replica could not apply what a consistency token covers within the allowed wait."""
+
+
+def parse_consistency_token(token: str) -> int:
+    if not token.startswith(CONSISTENCY_TOKEN_PREFIX) or not token[len(CONSISTENCY_TOKEN_PREFIX) :].isdigit():
+        raise InvalidRequest(f"consistency={token!r} is not a consistency token from this service")
+    return int(token[len(CONSISTENCY_TOKEN_PREFIX) :])
+
+
+def consistency_token(size: int) -> str:
+    return f"{CONSISTENCY_TOKEN_PREFIX}{size}"
+
+
 class Ledger:
-    def __init__(self, settings: Settings, store: Store, appender: Appender, signer: Signer) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, appender: Appender, signer: Signer, projection: Projection
+    ) -> None:
         self.settings = settings
+        self.registry: Registry = settings.registry
         self.store = store
         self.appender = appender
         self.signer = signer
+        self.projection = projection
         self._seen = 0
+        self._tokens: dict[bytes, tuple[TokenRecord, float]] = {}
+        projection.token_listeners.append(self.forget_tokens)
 
     @classmethod
     async def open(cls, settings: Settings, database_url: str, signer: Signer) -> "Ledger":
@@ -49,14 +85,175 @@ class Ledger:
                 await store.ensure_token(ADMIN_TOKEN_NAME, auth.token_hash(settings.admin_token), ["admin"])
             appender = Appender(store, signer, settings.log_origin)
             await appender.start()
+            projection = Projection(
+                store, database_url, cache_size=settings.cache_size, max_staleness_ms=settings.max_staleness_ms
+            )
+            await projection.start()
         except BaseException:
             await store.pool.close()
             raise
-        return cls(settings, store, appender, signer)
+        return cls(settings, store, appender, signer, projection)
 
     async def close(self) -> None:
+        await self.projection.stop()
         await self.appender.stop()
         await self.store.pool.close()
+
+    # -- tokens and freshness ----------------------------------------------------------------
+
+    def consistency_token(self) -> str:
+        """Names the largest log this process knows is committed; a read elsewhere can wait for it."""
+        return consistency_token(max(self._seen, self.projection.applied, self.appender.tree_size or 0))
+
+    async def ready(self) -> bool:
+        try:
+            await self.store.pool.fetchval("SELECT 1")
+        except Exception:
+            return False
+        return self.appender.running and self.projection.fresh()
+
+    async def authenticate(self, token: str) -> TokenRecord | None:
+        presented = auth.token_hash(token)
+        cached = self._tokens.get(presented)
+        if cached is not None and time.monotonic() - cached[1] < TOKEN_CACHE_SECONDS:
+            return cached[0]
+        record = await self.store.token(presented)
+        # The lookup is by hash (which says nothing useful about the token); comparing the stored
+        # hash in constant time as well keeps any timing out of the final decision.
+        if record is None or not auth.same_hash(record.token_hash, presented):
+            self._tokens.pop(presented, None)
+            return None
+        if len(self._tokens) >= TOKEN_CACHE_LIMIT:
+            self._tokens.clear()
+        self._tokens[presented] = (record, time.monotonic())
+        return record
+
+    def forget_tokens(self, _: str = "") -> None:
+        self._tokens.clear()
+
+    # -- recording ---------------------------------------------------------------------------
+
+    async def record(self, body: bytes, idempotency_key: str | None, token_name: str) -> tuple[Receipt, bool]:
+        """Append one consent action; return its receipt and whether it was new (False: a replay)."""
+        request = decode_consent(body)
+        draft = self.draft(request, datetime.now(UTC))
+        claim = None
+        if idempotency_key is not None:
+            claim = Claim(token_name, idempotency_key, hashlib.sha256(_canonical.encode(request)).digest())
+        outcome = await self.appender.append(draft, claim)
+        if isinstance(outcome, Replayed):
+            return await self.replayed_receipt(request.device_id, outcome), False
+        return self.receipt(request.device_id, outcome), True
+
+    def draft(self, request: ConsentIn, now: datetime) -> Draft:
+        purpose = self.registry.purposes.get(request.purpose)
+        if purpose is None:
+            raise UnprocessableRequest(self._unknown_purpose(request.purpose))
+        occurred = _time(request.occurred_at, "occurred_at") if request.occurred_at else now
+        if occurred > now + MAX_CLOCK_SKEW:
+            raise UnprocessableRequest("occurred_at is in the future")
+        expires = None
+        if request.expires_at is not None:
+            if request.action != "grant":
+                raise UnprocessableRequest("expires_at applies to a grant only")
+            expires = _time(request.expires_at, "expires_at")
+            if expires <= now:
+                raise UnprocessableRequest("expires_at must be after now")
+        if request.action == "grant" and request.policy_version < purpose.min_policy_version:
+            raise UnprocessableRequest(
+                f"policy_version {request.policy_version} is below {request.purpose}'s min_policy_version "
+                f"{purpose.min_policy_version}: show the current privacy statement and ask again"
+            )
+        return Draft(
+            id=str(uuid.uuid4()),
+            device_id=request.device_id,
+            purpose=request.purpose,
+            action=request.action,
+            policy_version=request.policy_version,
+            occurred_at=format_time(occurred),
+            actor=request.actor,
+            method=request.method,
+            evidence=request.evidence,
+            expires_at=format_time(expires) if expires else None,
+        )
+
+    def receipt(self, device_id: str, sealed: Sealed) -> Receipt:
+        self._seen = max(self._seen, sealed.tree_size)
+        return Receipt(
+            device_id=device_id,
+            index=sealed.entry.index,
+            entry=sealed.entry,
+            leaf=sealed.leaf.decode(),
+            leaf_hash=sealed.leaf_hash.hex(),
+            checkpoint=sealed.checkpoint,
+            inclusion_proof=[h.hex() for h in sealed.inclusion_proof],
+            consistency_token=consistency_token(sealed.tree_size),
+        )
+
+    async def replayed_receipt(self, device_id: str, replayed: Replayed) -> Receipt:
+        """The first receipt again, rebuilt from the log: same entry, checkpoint and proof."""
+        return await self._receipt_at(device_id, replayed.entry_index, replayed.tree_size)
+
+    async def _receipt_at(self, device_id: str, index: int, tree_size: int, note: str | None = None) -> Receipt:
+        data = await self.store.entry_at(index)
+        note = note or await self.store.checkpoint_note(tree_size)
+        if data is None or note is None:
+            raise StorageError(f"entry {index} or its checkpoint is missing")
+        proof = inclusion_proof(index, tree_size, await self.store.nodes(inclusion_nodes(index, tree_size)))
+        sealed = Sealed(parse_entry(data), data, leaf_hash(data), proof, note, tree_size)
+        return self.receipt(device_id, sealed)
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def check_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
+        for n, (device_id, purpose) in enumerate(pairs):
+            where = f"checks[{n}]: " if len(pairs) > 1 else ""
+            if not is_device_id(device_id):
+                raise UnprocessableRequest(f"{where}device_id must match [A-Za-z0-9._:-]{{1,128}}")
+            if purpose not in self.registry.purposes:
+                raise UnprocessableRequest(where + self._unknown_purpose(purpose))
+
+    async def decide(
+        self, pairs: Sequence[tuple[str, str]], consistency: str | None = None, at: str | None = None
+    ) -> list[Decision]:
+        self.check_pairs(pairs)
+        if at is not None:
+            return await self._decide_at(pairs, format_time(_time(at, "at")))
+        if consistency is not None:
+            size = parse_consistency_token(consistency)
+            if not await self.projection.wait_for(size, self.settings.consistency_wait_ms / 1000):
+                raise ConsistencyTimeout(f"this replica has not applied log size {size} yet")
+        bases = await self.projection.lookup(pairs)
+        now = format_time(datetime.now(UTC))
+        purposes = self.registry.purposes
+        return [decide(p, purposes[p], basis, now) for (_, p), basis in zip(pairs, bases, strict=True)]
+
+    async def _decide_at(self, pairs: Sequence[tuple[str, str]], at: str) -> list[Decision]:
+        """As of `at`, from the log itself: the entries recorded by then decide."""
+        decisions = []
+        for device_id, purpose in pairs:
+            subject = await self.store.subject_of(device_id)
+            history = [] if subject is None else await self.store.history(subject, purpose)
+            basis = deciding((parse_entry(data) for _, data in history), as_of=at)
+            decisions.append(decide(purpose, self.registry.purposes[purpose], basis, at))
+        return decisions
+
+    async def history(self, device_id: str) -> list[Receipt]:
+        self.check_pairs([(device_id, next(iter(self.registry.purposes)))])
+        subject = await self.store.subject_of(device_id)
+        if subject is None:
+            return []
+        head = await self.store.head()
+        assert head is not None
+        return [
+            await self._receipt_at(device_id, index, head.size, head.note)
+            for index, _ in await self.store.history(subject)
+        ]
+
+    def _unknown_purpose(self, purpose: str) -> str:
+        return f"unknown purpose {purpose!r}; known: {', '.join(sorted(self.registry.purposes))}"
+
+    # -- the log -----------------------------------------------------------------------------
 
     async def tree_size(self) -> int:
         head = await self.store.head()
@@ -64,29 +261,6 @@ class Ledger:
             raise StorageError("the log has no checkpoint yet")
         self._seen = max(self._seen, head.size)
         return head.size
-
-    def consistency_token(self) -> str:
-        """Names the largest tree this process has seen committed; a later read can wait for it."""
-        return f"{CONSISTENCY_TOKEN_PREFIX}{max(self._seen, self.appender.tree_size or 0)}"
-
-    async def ready(self) -> bool:
-        try:
-            await self.store.pool.fetchval("SELECT 1")
-        except Exception:
-            return False
-        return self.appender.running
-
-    async def authenticate(self, token: str) -> TokenRecord | None:
-        presented = auth.token_hash(token)
-        record = await self.store.token(presented)
-        # The lookup is by hash (which says nothing useful about the token); comparing the stored
-        # hash in constant time as well keeps any timing out of the final decision.
-        if record is None or not auth.same_hash(record.token_hash, presented):
-            return None
-        return record
-
-    async def record(self, draft: Draft) -> Sealed:
-        return await self.appender.append(draft)
 
     async def checkpoint(self) -> str:
         head = await self.store.head()
@@ -130,3 +304,19 @@ class Ledger:
         except ProofError as exc:
             raise InvalidRequest(str(exc)) from None
         return build(a, size, await self.store.nodes(ids))
+
+
+def decode_consent(body: bytes) -> ConsentIn:
+    try:
+        return consent_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise UnprocessableRequest(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def _time(text: str, name: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise UnprocessableRequest(f"{name}: {exc}") from None

@@ -24,5 +24,6 @@ def require(scope: str) -> Guard:
             raise NotAuthorizedException("the token is not valid", headers=CHALLENGE)
         if not grants(record.scopes, scope):
             raise PermissionDeniedException(f"the token lacks the {scope} scope")
+        connection.state.token_name = record.name
 
     return guard

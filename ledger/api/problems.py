@@ -8,7 +8,9 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from ledger.errors import InvalidRequest, StorageError
+from ledger.errors import IdempotencyConflict, InvalidRequest, StorageError, UnprocessableRequest
+from ledger.projection import Stale
+from ledger.service import ConsistencyTimeout
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://consent-ledger.dev/problems/"
@@ -37,6 +39,23 @@ def _invalid(_: Request[Any, Any, Any], exc: InvalidRequest) -> Response[Any]:
     return problem(400, "invalid-request", str(exc))
 
 
+def _unprocessable(_: Request[Any, Any, Any], exc: UnprocessableRequest) -> Response[Any]:
+    return problem(422, "unprocessable", str(exc))
+
+
+def _conflict(_: Request[Any, Any, Any], exc: IdempotencyConflict) -> Response[Any]:
+    return problem(409, "idempotency-conflict", str(exc))
+
+
+def _stale(_: Request[Any, Any, Any], exc: Stale) -> Response[Any]:
+    log.warning("failing closed: %s", exc)
+    return problem(503, "stale-projection", f"{exc}; failing closed", {"Retry-After": "1"})
+
+
+def _consistency(_: Request[Any, Any, Any], exc: ConsistencyTimeout) -> Response[Any]:
+    return problem(503, "consistency-timeout", str(exc), {"Retry-After": "1"})
+
+
 def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     errors = exc.extra if isinstance(exc.extra, list) else None
     return problem(400, "invalid-request", exc.detail, errors=errors)
@@ -59,6 +78,10 @@ def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     InvalidRequest: _invalid,
+    UnprocessableRequest: _unprocessable,
+    IdempotencyConflict: _conflict,
+    Stale: _stale,
+    ConsistencyTimeout: _consistency,
     ValidationException: _validation,
     HTTPException: _http,
     StorageError: _unavailable,

@@ -50,6 +50,17 @@ class SealedBatch(NamedTuple):
     tree: CompactRange
 
 
+def latest_per_key(entries: Sequence[Entry]) -> list[Entry]:
+    """For each (subject, purpose), the entry that decides it among `entries`."""
+    best: dict[tuple[str, str], Entry] = {}
+    for entry in entries:
+        key = (entry.subject, entry.purpose)
+        current = best.get(key)
+        if current is None or (entry.occurred_at, entry.index) > (current.occurred_at, current.index):
+            best[key] = entry
+    return list(best.values())
+
+
 def seal_batch(
     tree: CompactRange,
     drafts: Sequence[Draft],

@@ -10,20 +10,23 @@ are never blocked. See https://www.postgresql.org/docs/current/explicit-locking.
 commit makes the lock cheap: one acquisition per batch, not per entry.
 """
 
+import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
 import asyncpg
 
-from ledger.core.entry import subject_for
+from ledger.core.decision import Basis
+from ledger.core.entry import Entry, subject_for
 from ledger.core.note import Verifier
 from ledger.core.tree import NodeId
 from ledger.errors import AppendOnlyViolation, StorageError
 
 LOG_CHANNEL = "consent_ledger_log"
+TOKEN_CHANNEL = "consent_ledger_tokens"
 Queryable = asyncpg.Connection | asyncpg.Pool | asyncpg.pool.PoolConnectionProxy
 
 
@@ -77,6 +80,29 @@ class TokenRecord(NamedTuple):
     name: str
     scopes: list[str]
     token_hash: bytes
+
+
+class Claimed(NamedTuple):
+    """An Idempotency-Key already used: the request it was used for and where that landed."""
+
+    request_hash: bytes
+    idx: int
+    tree_size: int
+
+
+class StateRow(NamedTuple):
+    """One looked-up (device, purpose): its subject (None: device never seen) and deciding entry."""
+
+    device_id: str
+    purpose: str
+    subject: str | None
+    basis: Basis | None
+
+
+class TailRow(NamedTuple):
+    idx: int
+    entry: bytes
+    device_id: str | None
 
 
 class EntryRow(NamedTuple):
@@ -152,14 +178,55 @@ class AppendTransaction:
             )
         return {r["device_id"]: r["subject"] for r in rows}
 
+    async def claimed(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Claimed]:
+        if not keys:
+            return {}
+        with translated():
+            rows = await self.conn.fetch(
+                """SELECT i.token_name, i.key, i.request_hash, i.idx, i.tree_size
+                   FROM unnest($1::text[], $2::text[]) AS q(token_name, key)
+                   JOIN idempotency_keys i USING (token_name, key)""",
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
+        return {(r["token_name"], r["key"]): Claimed(bytes(r["request_hash"]), r["idx"], r["tree_size"]) for r in rows}
+
     async def write(
         self,
         entries: Sequence[EntryRow],
         nodes: Sequence[tuple[NodeId, bytes]],
         head: Head,
         key_id: str,
+        state: Sequence[Entry] = (),
+        claims: Sequence[tuple[str, str, bytes, int]] = (),
     ) -> None:
         with translated():
+            if state:
+                await self.conn.execute(
+                    """
+                    INSERT INTO consent_state AS s
+                        (subject, purpose, idx, action, policy_version, occurred_at, expires_at)
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[],
+                                         $6::text[], $7::text[])
+                    ON CONFLICT (subject, purpose) DO UPDATE SET
+                        idx = EXCLUDED.idx, action = EXCLUDED.action, policy_version = EXCLUDED.policy_version,
+                        occurred_at = EXCLUDED.occurred_at, expires_at = EXCLUDED.expires_at
+                    WHERE (EXCLUDED.occurred_at, EXCLUDED.idx) > (s.occurred_at, s.idx)
+                    """,
+                    [e.subject for e in state],
+                    [e.purpose for e in state],
+                    [e.index for e in state],
+                    [e.action for e in state],
+                    [e.policy_version for e in state],
+                    [e.occurred_at for e in state],
+                    [e.expires_at for e in state],
+                )
+            if claims:
+                await self.conn.copy_records_to_table(
+                    "idempotency_keys",
+                    records=[(t, k, h, i, head.size) for t, k, h, i in claims],
+                    columns=["token_name", "key", "request_hash", "idx", "tree_size"],
+                )
             if entries:
                 await self.conn.copy_records_to_table("log_entries", records=entries)
                 await self.conn.copy_records_to_table(
@@ -249,10 +316,102 @@ class Store:
 
     async def revoke_token(self, name: str) -> int:
         with translated():
-            status = await self.pool.execute(
-                "UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", name
-            )
+            async with self.pool.acquire() as conn, conn.transaction():
+                status = await conn.execute(
+                    "UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", name
+                )
+                # Every server process drops its cached tokens when this commits.
+                await conn.execute("SELECT pg_notify($1, $2)", TOKEN_CHANNEL, name)
         return int(status.split()[-1])
+
+    async def log_size(self) -> int:
+        with translated():
+            size = await self.pool.fetchval("SELECT tree_size FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
+        return int(size or 0)
+
+    async def tail(self, start: int, end: int) -> list[TailRow]:
+        """Entries start <= idx < end with the device each belongs to (None once erased)."""
+        with translated():
+            rows = await self.pool.fetch(
+                """SELECT l.idx, l.entry, s.device_id FROM log_entries l
+                   LEFT JOIN subjects s ON s.subject = l.subject
+                   WHERE l.idx >= $1 AND l.idx < $2 ORDER BY l.idx""",
+                start,
+                end,
+            )
+        return [TailRow(r["idx"], bytes(r["entry"]), r["device_id"]) for r in rows]
+
+    async def states(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[StateRow], int]:
+        """Current state of each (device, purpose) and the log size, read in one snapshot."""
+        with translated():
+            rows = await self.pool.fetch(
+                """SELECT q.device_id, q.purpose, s.subject, c.idx, c.action, c.policy_version,
+                          c.occurred_at, c.expires_at,
+                          (SELECT tree_size FROM checkpoints ORDER BY tree_size DESC LIMIT 1) AS size
+                   FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(device_id, purpose, n)
+                   LEFT JOIN subjects s ON s.device_id = q.device_id
+                   LEFT JOIN consent_state c ON c.subject = s.subject AND c.purpose = q.purpose
+                   ORDER BY q.n""",
+                [p[0] for p in pairs],
+                [p[1] for p in pairs],
+            )
+        size = int(rows[0]["size"] or 0) if rows else await self.log_size()
+        return [
+            StateRow(
+                r["device_id"],
+                r["purpose"],
+                r["subject"],
+                None
+                if r["idx"] is None
+                else Basis(r["idx"], r["action"], r["policy_version"], r["occurred_at"], r["expires_at"]),
+            )
+            for r in rows
+        ], size
+
+    async def subject_of(self, device_id: str) -> str | None:
+        with translated():
+            subject: str | None = await self.pool.fetchval(
+                "SELECT subject FROM subjects WHERE device_id = $1", device_id
+            )
+        return subject
+
+    async def history(self, subject: str, purpose: str | None = None) -> list[tuple[int, bytes]]:
+        """A subject's entries, oldest first, for every purpose or one."""
+        with translated():
+            rows = await self.pool.fetch(
+                """SELECT idx, entry FROM log_entries WHERE subject = $1 AND ($2::text IS NULL OR purpose = $2)
+                   ORDER BY idx""",
+                subject,
+                purpose,
+            )
+        return [(r["idx"], bytes(r["entry"])) for r in rows]
+
+    async def entry_at(self, idx: int) -> bytes | None:
+        with translated():
+            data = await self.pool.fetchval("SELECT entry FROM log_entries WHERE idx = $1", idx)
+        return None if data is None else bytes(data)
+
+    async def checkpoint_note(self, tree_size: int) -> str | None:
+        with translated():
+            note: str | None = await self.pool.fetchval("SELECT note FROM checkpoints WHERE tree_size = $1", tree_size)
+        return note
+
+    @contextlib.asynccontextmanager
+    async def listening(
+        self, url: str, channels: dict[str, Callable[[str], None]], on_lost: Callable[[], None]
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A dedicated connection LISTENing on `channels`; notifications go to the callbacks and
+        `on_lost` is called if the connection closes under us."""
+        with translated():
+            conn = await asyncpg.connect(url)
+        conn.add_termination_listener(lambda _conn: on_lost())
+        try:
+            for channel, callback in channels.items():
+                await conn.add_listener(channel, lambda _c, _pid, _ch, payload, cb=callback: cb(payload))
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
 
     async def token(self, token_hash: bytes) -> TokenRecord | None:
         with translated():

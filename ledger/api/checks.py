@@ -1,0 +1,64 @@
+"""Answering "is this allowed now?": checks, a device's consents and history, the registry."""
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+
+from ledger.api.guards import require
+from ledger.core.purposes import Registry
+from ledger.errors import InvalidRequest, UnprocessableRequest
+from ledger.models import ChecksOut, DecisionOut, DeviceConsents, DeviceHistory, checks_decoder
+from ledger.service import Ledger
+
+MAX_CHECKS_BODY = 256 * 1024
+
+
+class ChecksController(Controller):
+    path = "/v1/check"
+    guards = [require("consent:check")]  # noqa: RUF012 (litestar's layer attribute)
+
+    @get("/")
+    async def check(
+        self, ledger: Ledger, device_id: str, purpose: str, consistency: str | None = None, at: str | None = None
+    ) -> DecisionOut:
+        [decision] = await ledger.decide([(device_id, purpose)], consistency, at)
+        return DecisionOut.of(device_id, decision)
+
+    @post("/", status_code=200, request_max_body_size=MAX_CHECKS_BODY)
+    async def check_many(
+        self, request: Request[Any, Any, Any], ledger: Ledger, consistency: str | None = None, at: str | None = None
+    ) -> ChecksOut:
+        try:
+            body = checks_decoder.decode(await request.body())
+        except msgspec.ValidationError as exc:
+            raise UnprocessableRequest(str(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+        pairs = [(c.device_id, c.purpose) for c in body.checks]
+        decisions = await ledger.decide(pairs, consistency, at)
+        return ChecksOut([DecisionOut.of(d, r) for (d, _), r in zip(pairs, decisions, strict=True)])
+
+
+class DevicesController(Controller):
+    path = "/v1/devices/{device_id:str}"
+
+    @get("/consents", guards=[require("consent:check")])
+    async def consents(
+        self, ledger: Ledger, device_id: str, consistency: str | None = None, at: str | None = None
+    ) -> DeviceConsents:
+        purposes = list(ledger.registry.purposes)
+        decisions = await ledger.decide([(device_id, p) for p in purposes], consistency, at)
+        return DeviceConsents(device_id, {d.purpose: DecisionOut.of(device_id, d) for d in decisions})
+
+    @get("/history", guards=[require("audit:read")])
+    async def history(self, ledger: Ledger, device_id: str) -> DeviceHistory:
+        return DeviceHistory(device_id, await ledger.history(device_id))
+
+
+class PurposesController(Controller):
+    path = "/v1/purposes"
+
+    @get("/", guards=[require("consent:check")])
+    async def purposes(self, ledger: Ledger) -> Registry:
+        return ledger.registry

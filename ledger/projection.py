@@ -1,0 +1,229 @@
+"""The per-process view of current consent: a bounded cache kept current by tailing the log.
+
+Two LRU maps, both bounded by LEDGER_CACHE_SIZE and both holding negative answers:
+`device -> subject | None` (None: the device has never consented to anything) and
+`(subject, purpose) -> deciding entry | None`. Keying state by subject lets an entry invalidate
+it even when its device row is already gone.
+
+The tailer applies every entry after `applied`, in index order, to whatever the cache holds, and
+only then advances `applied`; a cached answer is therefore never served after its key changed
+in an applied entry. It is woken by NOTIFY (a doorbell carrying the new size, on a connection
+of its own), and polls anyway every `poll_interval`, so a lost notification or a dropped
+listener costs at most one interval. Each successful look at the head renews `caught_up_at`;
+when that is older than LEDGER_MAX_STALENESS_MS the projection is stale and checks fail closed.
+
+A cache miss reads the state table and the log size in one statement (one snapshot). The answer
+is cached only if that snapshot is not behind `applied`: otherwise the tailer may already have
+applied a newer entry for the key, and caching the older state would undo it.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Final
+
+from ledger.core.decision import Basis
+from ledger.core.entry import parse_entry
+from ledger.errors import StorageError
+from ledger.storage.postgres import LOG_CHANNEL, TOKEN_CHANNEL, Store
+
+log = logging.getLogger("ledger.projection")
+MISSING: Final = object()
+TAIL_PAGE = 2000
+
+
+class _Lru(OrderedDict[object, object]):
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def put(self, key: object, value: object) -> None:
+        if self.capacity <= 0:
+            return
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.capacity:
+            self.popitem(last=False)
+
+    def lookup(self, key: object) -> object:
+        value = self.get(key, MISSING)
+        if value is not MISSING:
+            self.move_to_end(key)
+        return value
+
+
+class Stale(StorageError):
+    """The projection cannot show it is within LEDGER_MAX_STALENESS_MS of the database."""
+
+
+class Projection:
+    def __init__(
+        self,
+        store: Store,
+        database_url: str,
+        *,
+        cache_size: int,
+        max_staleness_ms: int,
+        poll_interval: float | None = None,
+        on_tokens_changed: "list[object] | None" = None,
+    ) -> None:
+        self.store = store
+        self.url = database_url
+        self.max_staleness = max_staleness_ms / 1000
+        self.poll_interval = poll_interval or min(0.25, self.max_staleness / 4)
+        self.applied = 0
+        self.caught_up_at = 0.0
+        self._subjects = _Lru(cache_size)
+        self._states = _Lru(cache_size)
+        self._doorbell = asyncio.Event()
+        self._advanced = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.token_listeners: list[object] = on_tokens_changed or []
+        self.hits = 0
+        self.misses = 0
+        self.listening = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # An empty cache reflects any log size: start at the head, nothing to replay.
+        self.applied = await self.store.log_size()
+        self.caught_up_at = time.monotonic()
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="ledger-listen"),
+            asyncio.create_task(self._tail(), name="ledger-tail"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def staleness(self) -> float:
+        return time.monotonic() - self.caught_up_at
+
+    def fresh(self) -> bool:
+        return self.staleness() <= self.max_staleness
+
+    def size(self) -> int:
+        return len(self._states) + len(self._subjects)
+
+    async def wait_for(self, size: int, within: float) -> bool:
+        """Wait until everything up to log size `size` is applied; False if `within` seconds pass first."""
+        if self.applied >= size:
+            return True
+        self._doorbell.set()  # the writer's NOTIFY may not have reached us yet: look now
+        try:
+            async with asyncio.timeout(within), self._advanced:
+                await self._advanced.wait_for(lambda: self.applied >= size)
+        except TimeoutError:
+            return False
+        return True
+
+    async def lookup(self, pairs: Sequence[tuple[str, str]]) -> list[Basis | None]:
+        """The deciding entry of each (device_id, purpose), from the cache or, on a miss, the state table."""
+        if not self.fresh():
+            raise Stale(f"projection is {self.staleness() * 1000:.0f} ms behind the database")
+        results: list[object] = []
+        missing: list[int] = []
+        for i, (device, purpose) in enumerate(pairs):
+            subject = self._subjects.lookup(device)
+            if subject is None:
+                results.append(None)
+                continue
+            state = MISSING if subject is MISSING else self._states.lookup((subject, purpose))
+            if state is MISSING:
+                missing.append(i)
+            results.append(state)
+        self.hits += len(pairs) - len(missing)
+        if missing:
+            self.misses += len(missing)
+            rows, snapshot = await self.store.states([pairs[i] for i in missing])
+            cacheable = snapshot >= self.applied
+            for i, row in zip(missing, rows, strict=True):
+                results[i] = row.basis
+                if cacheable:
+                    self._subjects.put(row.device_id, row.subject)
+                    if row.subject is not None:
+                        self._states.put((row.subject, row.purpose), row.basis)
+        return results  # type: ignore[return-value]
+
+    # -- tailing -----------------------------------------------------------------------------
+
+    def _ring(self, payload: str) -> None:
+        self._doorbell.set()
+
+    def _tokens_changed(self, payload: str) -> None:
+        for listener in self.token_listeners:
+            listener(payload)  # type: ignore[operator]
+
+    async def _listen(self) -> None:
+        """Keep a LISTEN connection open; reconnect after any failure. Polling covers the gaps."""
+        while True:
+            try:
+                lost = asyncio.Event()
+                async with self.store.listening(
+                    self.url, {LOG_CHANNEL: self._ring, TOKEN_CHANNEL: self._tokens_changed}, on_lost=lost.set
+                ):
+                    self.listening = True
+                    self._doorbell.set()  # catch up on whatever happened while not listening
+                    await lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("listener connection lost (%s); polling until it is back", exc)
+            self.listening = False
+            # Tokens may have been revoked while we could not hear about it.
+            self._tokens_changed("")
+            await asyncio.sleep(min(1.0, self.poll_interval * 4))
+
+    async def _tail(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._doorbell.wait()
+            self._doorbell.clear()
+            try:
+                await self.catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # caught_up_at is not renewed: past the staleness bound, checks fail closed.
+                log.warning("cannot tail the log (%s)", exc)
+
+    async def catch_up(self) -> None:
+        looked_at = time.monotonic()
+        head = await self.store.log_size()
+        while self.applied < head:
+            rows = await self.store.tail(self.applied, min(self.applied + TAIL_PAGE, head))
+            if not rows:
+                break
+            for row in rows:
+                self._apply(row.idx, row.entry, row.device_id)
+            # No await between applying and advancing: a lookup that compares its snapshot with
+            # `applied` must see exactly what the cache already reflects.
+            self.applied = rows[-1].idx + 1
+            async with self._advanced:
+                self._advanced.notify_all()
+        self.caught_up_at = max(self.caught_up_at, looked_at)
+
+    def _apply(self, idx: int, data: bytes, device_id: str | None) -> None:
+        entry = parse_entry(data)
+        if device_id is not None and self._subjects.get(device_id, MISSING) is None:
+            # A device we cached as "never seen" has its first entry: it has a subject now.
+            self._subjects[device_id] = entry.subject
+        key = (entry.subject, entry.purpose)
+        cached = self._states.get(key, MISSING)
+        if cached is MISSING:
+            return
+        basis = Basis.of(entry)
+        if basis.supersedes(cached):  # type: ignore[arg-type]
+            self._states[key] = basis
