@@ -149,6 +149,9 @@ class Appender:
                     first_use[p.claim.scope] = i
                 fresh.append(i)
             drafts = [batch[i].draft for i in fresh]
+            if not drafts:
+                # Only replays: nothing to append, and no new checkpoint to sign.
+                return [o for o in outcomes if o is not None]
             subjects = await tx.subjects([d.device_id for d in drafts])
             sealed = await self._write(
                 tx,

@@ -1,53 +1,22 @@
 """The log's HTTP endpoints through a real server: keys, checkpoint, entries, proofs, auth, errors."""
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from ledger import auth
 from ledger.appender import Appender
 from ledger.core.checkpoint import open_checkpoint
 from ledger.core.note import Verifier
 from ledger.core.proof import verify_consistency, verify_inclusion
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.verify import verify_log
-from ledger.keys import read_key_file, write_key_file
+from ledger.keys import read_key_file
 from ledger.storage.postgres import Store
 
+from .conftest import ORIGIN, bearer
 from .helpers import draft
-from .server import ADMIN_TOKEN, running_server, server_env
-
-ORIGIN = "api.test/log"
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    write_key_file(tmp_path / "signing.key", ORIGIN)
-    return tmp_path / "signing.key"
-
-
-@pytest.fixture
-def base_url(database_url: str, tmp_path: Path, key_file: Path) -> Iterator[str]:
-    env = server_env(database_url, tmp_path, LEDGER_SIGNING_KEY=str(key_file), LEDGER_LOG_ORIGIN=ORIGIN)
-    with running_server(env) as url:
-        yield url
-
-
-@pytest.fixture
-async def tokens(store: Store, base_url: str) -> dict[str, str]:
-    made = {}
-    for scope in auth.SCOPES:
-        made[scope] = auth.new_token()
-        await store.create_token(f"t-{scope}", auth.token_hash(made[scope]), [scope])
-    return made
-
-
-@pytest.fixture
-async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as c:
-        yield c
+from .server import ADMIN_TOKEN
 
 
 @pytest.fixture
@@ -58,10 +27,6 @@ async def filled(store: Store, key_file: Path, base_url: str) -> list:  # type: 
     sealed = [await appender.append(draft(f"api-{i}", action="grant" if i % 3 else "withdraw")) for i in range(20)]
     await appender.stop()
     return sealed
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_keys_and_checkpoint_are_public_and_verify(client: httpx.AsyncClient, filled: list) -> None:  # type: ignore[type-arg]

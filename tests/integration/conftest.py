@@ -1,0 +1,47 @@
+"""Fixtures for tests that go through a real `ledger serve` process."""
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ledger import auth
+from ledger.keys import write_key_file
+from ledger.storage.postgres import Store
+
+from .server import running_server, server_env
+
+ORIGIN = "api.test/log"
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    write_key_file(tmp_path / "signing.key", ORIGIN)
+    return tmp_path / "signing.key"
+
+
+@pytest.fixture
+def base_url(database_url: str, tmp_path: Path, key_file: Path) -> Iterator[str]:
+    env = server_env(database_url, tmp_path, LEDGER_SIGNING_KEY=str(key_file), LEDGER_LOG_ORIGIN=ORIGIN)
+    with running_server(env) as url:
+        yield url
+
+
+@pytest.fixture
+async def tokens(store: Store, base_url: str) -> dict[str, str]:
+    made = {}
+    for scope in auth.SCOPES:
+        made[scope] = auth.new_token()
+        await store.create_token(f"t-{scope}", auth.token_hash(made[scope]), [scope])
+    return made
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as c:
+        yield c
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
