@@ -3,33 +3,22 @@
 import contextlib
 import os
 from collections.abc import AsyncIterator
-from typing import Any
 
 from litestar import Litestar
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.types import Message, Scope
 
-from ledger import embedded, keys
+from ledger import embedded, keys, metrics
 from ledger.api.checks import ChecksController, DevicesController, PurposesController
 from ledger.api.consents import ConsentsController
-from ledger.api.health import HealthController
+from ledger.api.health import HealthController, prometheus
 from ledger.api.log import KeysController, LogController
 from ledger.api.problems import EXCEPTION_HANDLERS
 from ledger.service import Ledger
 from ledger.settings import Settings
-from ledger.storage.postgres import ensure_database
 
 CONSISTENCY_TOKEN = "Consistency-Token"
-
-
-async def resolve_database(settings: Settings) -> tuple[str, Any]:
-    """The URL to use, starting the embedded server when none is configured."""
-    if settings.database_url:
-        return settings.database_url, None
-    server, server_url = embedded.start(settings.data_dir)
-    await ensure_database(server_url, embedded.DATABASE)
-    return embedded.with_database(server_url, embedded.DATABASE), server
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -37,13 +26,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        url, server = await resolve_database(settings)
+        url, server = await embedded.resolve_database(settings)
         ledger = await Ledger.open(settings, url, keys.load_signer(settings))
         app.state.ledger = ledger
         try:
             yield
         finally:
             await ledger.close()
+            metrics.worker_exited(os.getpid())
             if server is not None:
                 server.cleanup()
 
@@ -58,8 +48,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             MutableScopeHeaders.from_message(message)[CONSISTENCY_TOKEN] = ledger.consistency_token()
 
     app = Litestar(
+        middleware=[metrics.RequestTimer],
         route_handlers=[
             HealthController,
+            prometheus,
             KeysController,
             LogController,
             ConsentsController,

@@ -13,6 +13,7 @@ import contextlib
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+from ledger import metrics
 from ledger.core.batch import Draft, Sealed, SealedBatch, latest_per_key, seal_batch
 from ledger.core.entry import format_time
 from ledger.core.note import Signer
@@ -61,7 +62,6 @@ class Appender:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.appended = 0
-        self.batch_sizes: list[int] = []
 
     @property
     def running(self) -> bool:
@@ -165,7 +165,8 @@ class Appender:
         self._tree = sealed.tree
         self.batches += 1
         self.appended += len(drafts)
-        self.batch_sizes.append(len(drafts))
+        metrics.APPENDS.inc(len(drafts))
+        metrics.BATCH_SIZE.observe(len(drafts))
         for i, result in zip(fresh, sealed.sealed, strict=True):
             outcomes[i] = result
         for i, p in enumerate(batch):

@@ -5,12 +5,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ledger import auth, embedded, keys
-from ledger.app import resolve_database
 from ledger.core.errors import LedgerError
 from ledger.errors import ConfigError
 from ledger.settings import Settings, unknown_variables
@@ -23,7 +23,7 @@ log = logging.getLogger("ledger")
 @contextlib.contextmanager
 def database(settings: Settings) -> Iterator[str]:
     """The configured database, or the embedded one (shared with a running `ledger serve`)."""
-    url, server = asyncio.run(resolve_database(settings))
+    url, server = asyncio.run(embedded.resolve_database(settings))
     try:
         yield url
     finally:
@@ -44,6 +44,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from granian import Granian
     from granian.constants import Interfaces
 
+    # Before anything imports prometheus_client: it picks its storage from this at import time.
+    prepare_metrics_dir(settings)
     embedded.handle_sigterm()
     workers = args.workers or settings.workers
     with database(settings) as url:
@@ -66,6 +68,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             log_access=False,
         ).serve()
     return 0
+
+
+def prepare_metrics_dir(settings: Settings) -> None:
+    """Workers share their metrics through files here; a fresh start must not count old workers."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    directory = settings.data_dir / "metrics" / str(os.getpid())
+    shutil.rmtree(settings.data_dir / "metrics", ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def cmd_migrate(_: argparse.Namespace, settings: Settings) -> int:

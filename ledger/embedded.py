@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ledger.errors import ConfigError
+from ledger.settings import Settings
+from ledger.storage.postgres import ensure_database
 
 DATABASE = "ledger"
 
@@ -43,3 +45,12 @@ def with_database(url: str, name: str) -> str:
     """The same server URL, naming another database."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def resolve_database(settings: Settings) -> tuple[str, Any]:
+    """The URL to use, starting (or joining) the embedded server when none is configured."""
+    if settings.database_url:
+        return settings.database_url, None
+    server, server_url = start(settings.data_dir)
+    await ensure_database(server_url, DATABASE)
+    return with_database(server_url, DATABASE), server

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Final
 
+from ledger import metrics
 from ledger.core.decision import Basis
 from ledger.core.entry import parse_entry
 from ledger.errors import StorageError
@@ -33,6 +34,8 @@ from ledger.storage.postgres import LOG_CHANNEL, TOKEN_CHANNEL, Store
 log = logging.getLogger("ledger.projection")
 MISSING: Final = object()
 TAIL_PAGE = 2000
+_HIT = metrics.CACHE_LOOKUPS.labels("hit")
+_MISS = metrics.CACHE_LOOKUPS.labels("miss")
 
 
 class _Lru(OrderedDict[object, object]):
@@ -144,8 +147,10 @@ class Projection:
                 missing.append(i)
             results.append(state)
         self.hits += len(pairs) - len(missing)
+        _HIT.inc(len(pairs) - len(missing))
         if missing:
             self.misses += len(missing)
+            _MISS.inc(len(missing))
             rows, snapshot = await self.store.states([pairs[i] for i in missing])
             cacheable = snapshot >= self.applied
             for i, row in zip(missing, rows, strict=True):
@@ -214,6 +219,7 @@ class Projection:
             async with self._advanced:
                 self._advanced.notify_all()
         self.caught_up_at = max(self.caught_up_at, looked_at)
+        metrics.observe_projection(self.applied, head, self.staleness(), self.size())
 
     def _apply(self, idx: int, data: bytes, device_id: str | None) -> None:
         entry = parse_entry(data)

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from ledger import auth
+from ledger import auth, metrics
 from ledger.appender import Appender, Claim, Replayed
 from ledger.core.batch import Draft, Sealed
 from ledger.core.decision import Decision, decide, deciding
@@ -226,7 +226,9 @@ class Ledger:
         bases = await self.projection.lookup(pairs)
         now = format_time(datetime.now(UTC))
         purposes = self.registry.purposes
-        return [decide(p, purposes[p], basis, now) for (_, p), basis in zip(pairs, bases, strict=True)]
+        decisions = [decide(p, purposes[p], basis, now) for (_, p), basis in zip(pairs, bases, strict=True)]
+        metrics.count_decisions(decisions)
+        return decisions
 
     async def _decide_at(self, pairs: Sequence[tuple[str, str]], at: str) -> list[Decision]:
         """As of `at`, from the log itself: the entries recorded by then decide."""
@@ -236,6 +238,7 @@ class Ledger:
             history = [] if subject is None else await self.store.history(subject, purpose)
             basis = deciding((parse_entry(data) for _, data in history), as_of=at)
             decisions.append(decide(purpose, self.registry.purposes[purpose], basis, at))
+        metrics.count_decisions(decisions)
         return decisions
 
     async def history(self, device_id: str) -> list[Receipt]:

@@ -3,6 +3,7 @@
 import msgspec
 from litestar import Controller, Response, get
 
+from ledger import metrics
 from ledger.service import Ledger
 
 
@@ -22,3 +23,9 @@ class HealthController(Controller):
         if await ledger.ready():
             return Response(Health("ready"))
         return Response(Health("unavailable"), status_code=503, headers={"Retry-After": "1"})
+
+
+@get("/metrics", sync_to_thread=False, include_in_schema=False)
+def prometheus() -> Response[bytes]:
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)

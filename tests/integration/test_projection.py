@@ -82,7 +82,9 @@ def test_cache_state_table_and_log_fold_agree(database_url: str) -> None:
                 actor="user",
                 method="settings",
                 evidence={},
-                expires_at=format_time(base + timedelta(minutes=expires_in)) if expires_in and action == "grant" else None,
+                expires_at=format_time(base + timedelta(minutes=expires_in))
+                if expires_in and action == "grant"
+                else None,
             )
             sealed = harness.run(harness.appender.append(draft))
             self.indexes[draft.id] = sealed.entry.index
