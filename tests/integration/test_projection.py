@@ -177,7 +177,7 @@ async def close_parts(store: Store, appender: Appender, view: Projection) -> Non
 
 async def test_a_cached_negative_answer_is_replaced_when_the_device_first_consents(database_url: str) -> None:
     parts = await open_parts(database_url)
-    store, appender, view = parts
+    _store, appender, view = parts
     try:
         assert await view.lookup([("new-device", "telemetry")]) == [None]
         misses = view.misses
