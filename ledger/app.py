@@ -1,5 +1,6 @@
 """create_app(): the Litestar application, its lifespan and its layers."""
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from litestar.types import Message, Scope
 from ledger import embedded, keys, metrics
 from ledger.api.checks import ChecksController, DevicesController, PurposesController
 from ledger.api.consents import ConsentsController
+from ledger.api.fast_check import FastCheck
 from ledger.api.health import HealthController, prometheus
 from ledger.api.log import KeysController, LogController
 from ledger.api.problems import EXCEPTION_HANDLERS
@@ -21,7 +23,12 @@ from ledger.settings import Settings
 CONSISTENCY_TOKEN = "Consistency-Token"
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(settings: Settings | None = None) -> FastCheck:
+    """The ASGI application: the Litestar app behind the check fast path."""
+    return FastCheck(create_litestar(settings))
+
+
+def create_litestar(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
 
     @contextlib.asynccontextmanager
@@ -29,9 +36,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         url, server = await embedded.resolve_database(settings)
         ledger = await Ledger.open(settings, url, keys.load_signer(settings))
         app.state.ledger = ledger
+        flusher = asyncio.create_task(metrics.flush_periodically())
         try:
             yield
         finally:
+            flusher.cancel()
             await ledger.close()
             metrics.worker_exited(os.getpid())
             if server is not None:

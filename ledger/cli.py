@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ledger import auth, embedded, keys
+from ledger import auth, embedded, keys, server
 from ledger.core.errors import LedgerError
 from ledger.errors import ConfigError
 from ledger.settings import Settings, unknown_variables
@@ -41,9 +41,6 @@ async def _with_store(url: str, action):  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from granian import Granian
-    from granian.constants import Interfaces
-
     # Before anything imports prometheus_client: it picks its storage from this at import time.
     prepare_metrics_dir(settings)
     embedded.handle_sigterm()
@@ -58,15 +55,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["LEDGER_DATABASE_URL"] = url
         os.environ["LEDGER_SIGNING_KEY"] = str(settings.signing_key_path)
         log.info("serving on http://%s:%d with %d worker(s)", args.host, args.port, workers)
-        Granian(
-            "ledger.app:create_app",
-            factory=True,
-            interface=Interfaces.ASGI,
-            address=args.host,
-            port=args.port,
-            workers=workers,
-            log_access=False,
-        ).serve()
+        server.run("ledger.app:create_app", host=args.host, port=args.port, workers=workers)
     return 0
 
 

@@ -34,8 +34,6 @@ from ledger.storage.postgres import LOG_CHANNEL, TOKEN_CHANNEL, Store
 log = logging.getLogger("ledger.projection")
 MISSING: Final = object()
 TAIL_PAGE = 2000
-_HIT = metrics.CACHE_LOOKUPS.labels("hit")
-_MISS = metrics.CACHE_LOOKUPS.labels("miss")
 
 
 class _Lru(OrderedDict[object, object]):
@@ -131,6 +129,13 @@ class Projection:
             return False
         return True
 
+    def peek(self, device_id: str, purpose: str) -> object:
+        """The cached deciding entry (None included), or MISSING; never reads the database."""
+        subject = self._subjects.lookup(device_id)
+        if subject is None or subject is MISSING:
+            return subject
+        return self._states.lookup((subject, purpose))
+
     async def lookup(self, pairs: Sequence[tuple[str, str]]) -> list[Basis | None]:
         """The deciding entry of each (device_id, purpose), from the cache or, on a miss, the state table."""
         if not self.fresh():
@@ -147,10 +152,9 @@ class Projection:
                 missing.append(i)
             results.append(state)
         self.hits += len(pairs) - len(missing)
-        _HIT.inc(len(pairs) - len(missing))
+        metrics.count_lookups(len(pairs) - len(missing), len(missing))
         if missing:
             self.misses += len(missing)
-            _MISS.inc(len(missing))
             rows, snapshot = await self.store.states([pairs[i] for i in missing])
             cacheable = snapshot >= self.applied
             for i, row in zip(missing, rows, strict=True):

@@ -128,6 +128,13 @@ class Ledger:
         self._tokens[presented] = (record, time.monotonic())
         return record
 
+    def cached_token(self, presented: bytes) -> TokenRecord | None:
+        """A token this process validated within TOKEN_CACHE_SECONDS; never asks the database."""
+        cached = self._tokens.get(presented)
+        if cached is None or time.monotonic() - cached[1] >= TOKEN_CACHE_SECONDS:
+            return None
+        return cached[0]
+
     def forget_tokens(self, _: str = "") -> None:
         self._tokens.clear()
 

@@ -5,7 +5,7 @@ synchronised late from an offline device cannot override a withdrawal the person
 Entries recorded after the time asked about are not part of the history at that time.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Literal
 
@@ -64,8 +64,11 @@ def effective_expiry(basis: Basis, purpose: Purpose) -> str | None:
     return min(limits) if limits else None
 
 
-def decide(purpose_key: str, purpose: Purpose, basis: Basis | None, now: str) -> Decision:
-    """The decision at `now` (a log timestamp) given the deciding entry."""
+def decide(purpose_key: str, purpose: Purpose, basis: Basis | None, now: str | Callable[[], str]) -> Decision:
+    """The decision at `now` (a log timestamp, or a function giving one) given the deciding entry.
+
+    Only a grant with an expiry needs the time, so a function is called only then.
+    """
     if basis is None:
         return Decision(purpose_key, False, "no_consent", None, None, None, None)
 
@@ -79,6 +82,6 @@ def decide(purpose_key: str, purpose: Purpose, basis: Basis | None, now: str) ->
     if basis.policy_version < purpose.min_policy_version:
         return refuse("reconsent_required")
     expiry = effective_expiry(basis, purpose)
-    if expiry is not None and now >= expiry:
+    if expiry is not None and (now if isinstance(now, str) else now()) >= expiry:
         return refuse("expired", expiry)
     return Decision(purpose_key, True, "granted", basis.policy_version, basis.occurred_at, expiry, basis.index)

@@ -1,9 +1,12 @@
 """/metrics through a server with two worker processes: totals are summed across workers."""
 
 import re
+import time
 from pathlib import Path
 
 import httpx
+
+from ledger.metrics import FLUSH_SECONDS
 
 from .conftest import ORIGIN
 from .server import ADMIN_TOKEN, running_server, server_env
@@ -36,6 +39,8 @@ def test_metrics_count_every_worker(database_url: str, tmp_path: Path, key_file:
             httpx.get(f"{base}/v1/check", params={"device_id": "x", "purpose": "nope"}, headers=auth).status_code == 422
         )
 
+        # Each worker hands its counts over every FLUSH_SECONDS; the other worker may be that late.
+        time.sleep(2 * FLUSH_SECONDS)
         response = http.get("/metrics")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")

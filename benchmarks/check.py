@@ -1,0 +1,407 @@
+"""Check throughput and latency through the real server, beside the framework's ceiling.
+
+    python -m benchmarks.check [--seconds 8] [--devices 20000]
+
+Needs wrk (Debian: apt-get install wrk). For each of granian and uvicorn (uvloop, httptools),
+one worker, wrk with 1 thread and 32 connections on loopback:
+  - the bare Litestar endpoint (benchmarks/bare.py) and GET /v1/check, alternated A B A B;
+  - GET /v1/check at half its maximum rate (wrk paced by a Lua delay), with the server-side
+    latency taken from the service's own request-duration histogram (/metrics) over that run;
+then, on the faster server: POST /v1/check with 1,000 checks a request; the time from an
+acknowledged withdrawal on one replica until another replica refuses, without and with the
+writer's consistency token; and the memory a cached decision takes.
+Prints tables, writes benchmarks/results/check.json and draws benchmarks/results/check.png.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ledger import embedded
+from ledger.storage.migrations import migrate
+from ledger.storage.postgres import Store, create_pool
+
+RESULTS = Path(__file__).parent / "results"
+ADMIN = "bench-admin-token-0123456789abcdef0123456789"
+HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+PURPOSES = ("pixverse_sharing", "cross_border_transfer", "telemetry")
+
+
+def progress(text: str) -> None:
+    sys.stderr.write(f"\r\x1b[K{text}")
+    sys.stderr.flush()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    """A server process (granian or uvicorn) for an app factory, on a free port."""
+
+    def __init__(self, server: str, target: str, env: dict[str, str], workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger.server", server, target, str(self.port), str(workers)],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        probe = "/health/ready" if target.startswith("ledger") else "/v1/check"
+        while True:
+            try:
+                if httpx.get(self.url + probe, timeout=1).status_code in (200, 401):
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{server} serving {target} did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def wrk(url: str, seconds: float, script: Path, connections: int = 32) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors[1]} error responses:\n{out}")
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    return {"rps": rate, "client_p50_ms": ms("50%"), "client_p99_ms": ms("99%")}
+
+
+def lua(path: Path, devices: int, per_connection_delay_ms: float | None = None, body: str | None = None) -> Path:
+    """A wrk script rotating through the seeded devices (so the check is real, not one hot key)."""
+    delay = f"function delay() return {per_connection_delay_ms} end\n" if per_connection_delay_ms else ""
+    if body is not None:
+        request = f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "application/json"\n'
+        path.write_text(f'wrk.headers["Authorization"] = "Bearer {ADMIN}"\n{request}{delay}')
+        return path
+    path.write_text(
+        f"""
+wrk.headers["Authorization"] = "Bearer {ADMIN}"
+local purposes = {{"pixverse_sharing", "cross_border_transfer", "telemetry"}}
+local n = 0
+request = function()
+  n = n + 1
+  local path = "/v1/check?device_id=bench-" .. (n % {devices}) .. "&purpose=" .. purposes[n % 3 + 1]
+  return wrk.format("GET", path)
+end
+{delay}"""
+    )
+    return path
+
+
+def histogram(text: str, route: str) -> dict[float, float]:
+    labels = f'method="GET",route="{re.escape(route)}",status="200"'
+    pattern = rf'ledger_http_request_duration_seconds_bucket\{{le="([^"]+)",{labels}\}} (\S+)'
+    buckets: dict[float, float] = {}
+    for le, value in re.findall(pattern, text):
+        buckets[float(le)] = buckets.get(float(le), 0) + float(value)
+    return buckets
+
+
+def quantile(buckets: dict[float, float], q: float) -> float:
+    """Linear interpolation within the cumulative bucket that holds the q-th request (as Prometheus does)."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    target, previous_bound, previous_count = q * total, 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= target:
+            if bound == float("inf"):
+                return previous_bound
+            share = (target - previous_count) / max(buckets[bound] - previous_count, 1e-9)
+            return previous_bound + share * (bound - previous_bound)
+        previous_bound, previous_count = bound, buckets[bound]
+    return bounds[-1]
+
+
+async def seed(url: str, devices: int) -> None:
+    """Grants for a third of the checks' (device, purpose) pairs; the rest answer no_consent."""
+    async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=30) as client:
+        semaphore = asyncio.Semaphore(64)
+
+        async def grant(i: int) -> None:
+            body = {"device_id": f"bench-{i}", "purpose": PURPOSES[i % 3], "action": "grant", "policy_version": 1}
+            async with semaphore:
+                response = await client.post("/v1/consents", json=body)
+                response.raise_for_status()
+            if i % 500 == 0:
+                progress(f"seeding {devices:,} grants: {i:,}")
+
+        await asyncio.gather(*(grant(i) for i in range(devices)))
+    progress("")
+
+
+def server_comparison(server: str, env: dict[str, str], seconds: float, devices: int, tmp: Path) -> dict[str, Any]:
+    check_script = lua(tmp / "check.lua", devices)
+    bare_script = tmp / "bare.lua"
+    bare_script.write_text("")
+    runs: dict[str, list[dict[str, float]]] = {"bare": [], "check": []}
+    for round_ in range(2):
+        for kind, target, script in (
+            ("bare", "benchmarks.bare:create_app", bare_script),
+            ("check", "ledger.app:create_app", check_script),
+        ):
+            served = Served(server, target, env)
+            try:
+                if kind == "check":
+                    wrk(served.url + "/v1/check", 2, check_script)  # warm the cache and the connections
+                progress(f"{server}: {kind} endpoint, round {round_ + 1}")
+                runs[kind].append(wrk(served.url + "/v1/check", seconds, script))
+            finally:
+                served.stop()
+    progress("")
+    bare = statistics.mean(r["rps"] for r in runs["bare"])
+    check = statistics.mean(r["rps"] for r in runs["check"])
+
+    # Half the maximum rate, paced: each of 32 connections waits 32 / (rate / 2) seconds between requests.
+    half = check / 2
+    served = Served(server, "ledger.app:create_app", env)
+    try:
+        wrk(served.url + "/v1/check", 2, check_script)
+        before = histogram(httpx.get(served.url + "/metrics").text, "/v1/check")
+        progress(f"{server}: fixed load at {half:,.0f} requests/s")
+        paced = wrk(served.url + "/v1/check", seconds, lua(tmp / "paced.lua", devices, 32_000 / half))
+        after = histogram(httpx.get(served.url + "/metrics").text, "/v1/check")
+    finally:
+        served.stop()
+    progress("")
+    delta = {le: after[le] - before.get(le, 0) for le in after}
+    within_1ms = delta[0.001] / delta[float("inf")]
+    return {
+        "server": server,
+        "bare_rps": bare,
+        "check_rps": check,
+        "ratio": check / bare,
+        "runs": runs,
+        "half_rate_offered": half,
+        "half_rate_achieved": paced["rps"],
+        "server_p50_ms": quantile(delta, 0.50) * 1000,
+        "server_p99_ms": quantile(delta, 0.99) * 1000,
+        "share_within_1ms": within_1ms,
+        "client_p50_ms": paced["client_p50_ms"],
+        "client_p99_ms": paced["client_p99_ms"],
+    }
+
+
+def batch_rate(server: str, env: dict[str, str], seconds: float, devices: int, tmp: Path) -> float:
+    checks = [{"device_id": f"bench-{i * 7 % devices}", "purpose": PURPOSES[i % 3]} for i in range(1000)]
+    script = lua(tmp / "batch.lua", devices, body=json.dumps({"checks": checks}))
+    served = Served(server, "ledger.app:create_app", env)
+    try:
+        wrk(served.url + "/v1/check", 2, script, connections=4)
+        progress("batch checks")
+        result = wrk(served.url + "/v1/check", seconds, script, connections=4)
+    finally:
+        served.stop()
+    progress("")
+    return result["rps"] * 1000
+
+
+def propagation(server: str, env: dict[str, str], rounds: int) -> dict[str, Any]:
+    """Withdraw on replica A; time until replica B refuses, asking without the token and with it."""
+    a = Served(server, "ledger.app:create_app", env)
+    b = Served(server, "ledger.app:create_app", env)
+    without, with_token, refused_at_once = [], [], 0
+    try:
+        with httpx.Client(headers=HEADERS, timeout=10) as http:
+            for i in range(rounds):
+                device = f"propagation-{i}"
+                body = {"device_id": device, "purpose": "pixverse_sharing", "policy_version": 1}
+                granted = http.post(f"{a.url}/v1/consents", json={**body, "action": "grant"}).json()
+                params = {"device_id": device, "purpose": "pixverse_sharing"}
+                http.get(f"{b.url}/v1/check", params={**params, "consistency": granted["consistency_token"]})
+                withdrawn = http.post(f"{a.url}/v1/consents", json={**body, "action": "withdraw"})
+                acknowledged = time.perf_counter()
+                if i % 2:
+                    token = withdrawn.json()["consistency_token"]
+                    answer = http.get(f"{b.url}/v1/check", params={**params, "consistency": token}).json()
+                    with_token.append((time.perf_counter() - acknowledged) * 1000)
+                    refused_at_once += not answer["allowed"]
+                else:
+                    while http.get(f"{b.url}/v1/check", params=params).json()["allowed"]:
+                        pass
+                    without.append((time.perf_counter() - acknowledged) * 1000)
+                if i % 20 == 0:
+                    progress(f"withdrawal propagation: {i}/{rounds}")
+    finally:
+        a.stop()
+        b.stop()
+    progress("")
+    return {
+        "without_token_ms": without,
+        "with_token_ms": with_token,
+        "refused_at_once_with_token": f"{refused_at_once}/{len(with_token)}",
+    }
+
+
+async def memory_per_decision(url: str, devices: int) -> float:
+    """Bytes the projection's caches hold per cached decision (keys, subject strings and entries)."""
+    from ledger.projection import Projection
+
+    store = Store(await create_pool(url, max_size=2))
+    projection = Projection(store, url, cache_size=devices * 3, max_staleness_ms=60_000)
+    await projection.start()
+    pairs = [(f"bench-{i}", purpose) for i in range(devices) for purpose in PURPOSES]
+    await store.states(pairs[:10])  # warm asyncpg's statement cache outside the measurement
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for begin in range(0, len(pairs), 1000):
+        await projection.lookup(pairs[begin : begin + 1000])
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    await projection.stop()
+    await store.pool.close()
+    return grown / len(pairs)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4.2))
+    servers = [r["server"] for r in results["servers"]]
+    x = range(len(servers))
+    left.bar([i - 0.2 for i in x], [r["bare_rps"] for r in results["servers"]], width=0.4, label="bare Litestar")
+    left.bar([i + 0.2 for i in x], [r["check_rps"] for r in results["servers"]], width=0.4, label="GET /v1/check")
+    for i, r in enumerate(results["servers"]):
+        left.text(i + 0.2, r["check_rps"], f"{r['ratio']:.0%}", ha="center", va="bottom", fontsize=8)
+    left.set_xticks(list(x), servers)
+    left.set_ylabel("requests per second (1 worker)")
+    left.set_title("Check throughput vs the framework's ceiling")
+    left.legend(fontsize=8)
+    for r in results["servers"]:
+        middle.bar(f"{r['server']}\np50", r["server_p50_ms"], color="tab:blue")
+        middle.bar(f"{r['server']}\np99", r["server_p99_ms"], color="tab:orange")
+    middle.axhline(1, color="tab:red", linestyle="--", linewidth=1, label="target p99: 1 ms")
+    middle.set_ylabel("server-side milliseconds")
+    middle.set_title("Latency at half the maximum rate")
+    middle.legend(fontsize=8)
+    prop = results["propagation"]
+    right.hist(prop["without_token_ms"], bins=30, color="tab:grey", label="without token (polling B)")
+    right.hist(prop["with_token_ms"], bins=30, color="tab:green", alpha=0.7, label="with the writer's token")
+    right.axvline(50, color="tab:red", linestyle="--", linewidth=1, label="target p99: 50 ms")
+    right.set_xlabel("ms from acknowledged withdrawal to refusal on the other replica")
+    right.set_title("Withdrawal across replicas")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--devices", type=int, default=20_000)
+    parser.add_argument("--propagation-rounds", type=int, default=200)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("benchmarks/check.py needs wrk: apt-get install wrk")
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        server, server_url = embedded.start(tmp / "data")
+        try:
+            url = embedded.with_database(server_url, "postgres")
+            asyncio.run(migrate(url))
+            env = {
+                "LEDGER_DATABASE_URL": url,
+                "LEDGER_DATA_DIR": str(tmp / "data"),
+                "LEDGER_ADMIN_TOKEN": ADMIN,
+                "LEDGER_CACHE_SIZE": str(args.devices * 4),
+            }
+            seeding = Served("granian", "ledger.app:create_app", env)
+            try:
+                asyncio.run(seed(seeding.url, args.devices))
+            finally:
+                seeding.stop()
+            results: dict[str, Any] = {"seconds": args.seconds, "devices": args.devices, "servers": []}
+            for name in ("granian", "uvicorn"):
+                row = server_comparison(name, env, args.seconds, args.devices, tmp)
+                results["servers"].append(row)
+                print(
+                    f"{name:<8} bare {row['bare_rps']:>8,.0f}/s  check {row['check_rps']:>8,.0f}/s "
+                    f"({row['ratio']:.0%})  at {row['half_rate_achieved']:,.0f}/s: server p50 "
+                    f"{row['server_p50_ms']:.2f} ms p99 {row['server_p99_ms']:.2f} ms",
+                    flush=True,
+                )
+            fastest = max(results["servers"], key=lambda r: r["check_rps"])["server"]
+            results["fastest"] = fastest
+            results["batch_decisions_per_second"] = batch_rate(fastest, env, args.seconds, args.devices, tmp)
+            print(f"batch: {results['batch_decisions_per_second']:,.0f} decisions/s", flush=True)
+            results["propagation"] = propagation(fastest, env, args.propagation_rounds)
+            results["bytes_per_cached_decision"] = asyncio.run(memory_per_decision(url, min(args.devices, 20_000)))
+        finally:
+            server.cleanup()
+
+    prop = results["propagation"]
+    print()
+    print(
+        "| server (1 worker) | bare Litestar (req/s) | GET /v1/check (req/s) | ratio | server p50 / p99 at half rate |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for r in results["servers"]:
+        print(
+            f"| {r['server']} | {r['bare_rps']:,.0f} | {r['check_rps']:,.0f} | {r['ratio']:.0%} | "
+            f"{r['server_p50_ms']:.2f} / {r['server_p99_ms']:.2f} ms at {r['half_rate_achieved']:,.0f}/s |"
+        )
+    print()
+    print(f"faster on the check endpoint: {results['fastest']}")
+    print(f"batch (POST /v1/check, 1,000 a request): {results['batch_decisions_per_second']:,.0f} decisions/s")
+    print(
+        "withdrawal to refusal on another replica: without token p50 "
+        f"{statistics.median(prop['without_token_ms']):.1f} ms, "
+        f"p99 {percentile(prop['without_token_ms'], 99):.1f} ms; "
+        f"with token p50 {statistics.median(prop['with_token_ms']):.1f} ms, "
+        f"p99 {percentile(prop['with_token_ms'], 99):.1f} ms, "
+        f"refused on the first ask {prop['refused_at_once_with_token']}"
+    )
+    print(f"memory per cached decision: {results['bytes_per_cached_decision']:.0f} bytes")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "check.json").write_text(json.dumps(results, indent=2))
+    plot(results, RESULTS / "check.png")
+    print(f"wrote {RESULTS / 'check.json'} and {RESULTS / 'check.png'}")
+
+
+if __name__ == "__main__":
+    main()

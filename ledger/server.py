@@ -1,0 +1,51 @@
+"""Running an ASGI app factory under granian or uvicorn, the same way for `ledger serve` and the benchmarks.
+
+`ledger serve` uses DEFAULT, the faster of the two on the check endpoint as measured by
+benchmarks/check.py (see README); the other stays available for that comparison.
+"""
+
+import sys
+from typing import Literal
+
+Server = Literal["granian", "uvicorn"]
+DEFAULT: Server = "granian"
+
+
+def run(target: str, *, host: str, port: int, workers: int, server: Server = DEFAULT) -> None:
+    """Serve the app factory `target` ("module:function") until SIGINT or SIGTERM."""
+    if server == "granian":
+        from granian import Granian
+        from granian.constants import Interfaces, Loops
+
+        Granian(
+            target,
+            factory=True,
+            interface=Interfaces.ASGI,
+            address=host,
+            port=port,
+            workers=workers,
+            loop=Loops.uvloop,
+            log_access=False,
+        ).serve()
+    else:
+        import uvicorn
+
+        uvicorn.run(
+            target,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+        )
+
+
+if __name__ == "__main__":
+    # For the benchmarks: python -m ledger.server SERVER TARGET PORT WORKERS
+    name, target, port, workers = sys.argv[1:5]
+    if name not in ("granian", "uvicorn"):
+        raise SystemExit("server must be granian or uvicorn")
+    run(target, host="127.0.0.1", port=int(port), workers=int(workers), server=name)  # type: ignore[arg-type]
