@@ -41,6 +41,8 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
             await ledger.close()
             metrics.worker_exited(os.getpid())
             if server is not None:

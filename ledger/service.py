@@ -215,8 +215,7 @@ class Ledger:
     def check_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
         for n, (device_id, purpose) in enumerate(pairs):
             where = f"checks[{n}]: " if len(pairs) > 1 else ""
-            if not is_device_id(device_id):
-                raise UnprocessableRequest(f"{where}device_id must match [A-Za-z0-9._:-]{{1,128}}")
+            check_device(device_id, where)
             if purpose not in self.registry.purposes:
                 raise UnprocessableRequest(where + self._unknown_purpose(purpose))
 
@@ -249,7 +248,7 @@ class Ledger:
         return decisions
 
     async def history(self, device_id: str) -> list[Receipt]:
-        self.check_pairs([(device_id, next(iter(self.registry.purposes)))])
+        check_device(device_id)
         subject = await self.store.subject_of(device_id)
         if subject is None:
             return []
@@ -314,6 +313,11 @@ class Ledger:
         except ProofError as exc:
             raise InvalidRequest(str(exc)) from None
         return build(a, size, await self.store.nodes(ids))
+
+
+def check_device(device_id: str, where: str = "") -> None:
+    if not is_device_id(device_id):
+        raise UnprocessableRequest(f"{where}device_id must match [A-Za-z0-9._:-]{{1,128}}")
 
 
 def decode_consent(body: bytes) -> ConsentIn:

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.exceptions import ValidationException
 
@@ -25,8 +26,6 @@ class ConsentsController(Controller):
 
 
 def _valid_key(key: str) -> bool:
-    import msgspec
-
     try:
         msgspec.convert(key, IdempotencyKey)
     except msgspec.ValidationError:

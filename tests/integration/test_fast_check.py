@@ -141,3 +141,22 @@ async def test_fast_and_full_answers_are_byte_identical_through_the_server(
     again = await client.get("/v1/check", params={"device_id": "same-3", "purpose": "telemetry"}, headers=admin)
     assert unknown.content == again.content
     assert again.json()["reason"] == "no_consent"
+
+
+async def test_a_revoked_token_stops_working_on_the_fast_path_too(
+    client: httpx.AsyncClient, store: Any, tokens: dict[str, str]
+) -> None:
+    import asyncio
+    import time
+
+    params = {"device_id": "revoke-1", "purpose": "telemetry"}
+    headers = bearer(tokens["consent:check"])
+    for _ in range(3):  # validated, cached, then answered by the fast path
+        assert (await client.get("/v1/check", params=params, headers=headers)).status_code == 200
+    assert await store.revoke_token("t-consent:check") == 1
+    revoked_at = time.monotonic()
+    while (await client.get("/v1/check", params=params, headers=headers)).status_code == 200:
+        # The NOTIFY reaches every process within milliseconds; the 5 s cache TTL is only a backstop.
+        assert time.monotonic() - revoked_at < 1, "a revoked token was still accepted after 1 s"
+        await asyncio.sleep(0.005)
+    assert (await client.get("/v1/check", params=params, headers=headers)).status_code == 401
