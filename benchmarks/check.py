@@ -42,6 +42,7 @@ RESULTS = Path(__file__).parent / "results"
 ADMIN = "bench-admin-token-0123456789abcdef0123456789"
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 PURPOSES = ("pixverse_sharing", "cross_border_transfer", "telemetry")
+PACED_CONNECTIONS = 128
 
 
 def progress(text: str) -> None:
@@ -213,15 +214,17 @@ def server_comparison(server: str, env: dict[str, str], seconds: float, devices:
         warm(served.url, devices)
         wrk(served.url + "/v1/check", 2, check_script)
         # Achieved rate is C / (delay + latency): adjust the delay until a short run is within 5%.
-        delay_ms = 32_000 / half
-        for _ in range(5):
-            trial = wrk(served.url + "/v1/check", 2, lua(tmp / "paced.lua", devices, delay_ms))
+        # 128 connections keep each delay several milliseconds long, where wrk's timer is accurate.
+        delay_ms = PACED_CONNECTIONS * 1000 / half
+        paced_script = tmp / "paced.lua"
+        for _ in range(6):
+            trial = wrk(served.url + "/v1/check", 2, lua(paced_script, devices, delay_ms), PACED_CONNECTIONS)
             if abs(trial["rps"] - half) / half < 0.05:
                 break
             delay_ms *= trial["rps"] / half
         before = histogram(httpx.get(served.url + "/metrics").text, "/v1/check")
         progress(f"{server}: fixed load at {half:,.0f} requests/s")
-        paced = wrk(served.url + "/v1/check", seconds, lua(tmp / "paced.lua", devices, delay_ms))
+        paced = wrk(served.url + "/v1/check", seconds, lua(paced_script, devices, delay_ms), PACED_CONNECTIONS)
         after = histogram(httpx.get(served.url + "/metrics").text, "/v1/check")
     finally:
         served.stop()

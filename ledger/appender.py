@@ -10,6 +10,7 @@ Idempotency keys are settled inside the batch, under the log lock: every writer 
 
 import asyncio
 import contextlib
+from collections import Counter as Tally
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -19,6 +20,7 @@ from ledger.core.entry import format_time
 from ledger.core.note import Signer
 from ledger.core.rfc6962 import EMPTY_ROOT
 from ledger.core.tree import CompactRange, range_nodes
+from ledger.core.webhooks import Delivery, Subscription, build_deliveries
 from ledger.errors import IdempotencyConflict, LogCorrupted, StorageError
 from ledger.storage.postgres import AppendTransaction, EntryRow, Head, Store
 
@@ -213,6 +215,12 @@ class Appender:
             for c, s in zip(claims or [], batch.sealed, strict=False)
             if c is not None
         ]
+        entries = [(s.entry, d.device_id) for s, d in zip(batch.sealed, drafts, strict=True)]
+
+        def outbox(sequences: dict[tuple[str, str], int], subscriptions: list[Subscription]) -> list[Delivery]:
+            note, recorded_at = batch.note, format_time(recorded)
+            return build_deliveries(entries, sequences, subscriptions, batch.checkpoint, note, recorded_at)
+
         await tx.write(
             rows,
             batch.nodes,
@@ -220,5 +228,7 @@ class Appender:
             self.signer.verifier.id.hex(),
             latest_per_key([s.entry for s in batch.sealed]),
             claim_rows,
+            Tally((s.entry.subject, s.entry.purpose) for s in batch.sealed),
+            outbox,
         )
         return batch

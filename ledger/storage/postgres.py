@@ -13,7 +13,8 @@ commit makes the lock cheap: one acquisition per batch, not per entry.
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from ledger.core.decision import Basis
 from ledger.core.entry import Entry, subject_for
 from ledger.core.note import Verifier
 from ledger.core.tree import NodeId
+from ledger.core.webhooks import Delivery, Subscription
 from ledger.errors import AppendOnlyViolation, StorageError
 
 LOG_CHANNEL = "consent_ledger_log"
@@ -199,28 +201,13 @@ class AppendTransaction:
         key_id: str,
         state: Sequence[Entry] = (),
         claims: Sequence[tuple[str, str, bytes, int]] = (),
+        entry_counts: Mapping[tuple[str, str], int] | None = None,
+        outbox: Callable[[dict[tuple[str, str], int], list[Subscription]], list[Delivery]] | None = None,
     ) -> None:
         with translated():
-            if state:
-                await self.conn.execute(
-                    """
-                    INSERT INTO consent_state AS s
-                        (subject, purpose, idx, action, policy_version, occurred_at, expires_at)
-                    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[],
-                                         $6::text[], $7::text[])
-                    ON CONFLICT (subject, purpose) DO UPDATE SET
-                        idx = EXCLUDED.idx, action = EXCLUDED.action, policy_version = EXCLUDED.policy_version,
-                        occurred_at = EXCLUDED.occurred_at, expires_at = EXCLUDED.expires_at
-                    WHERE (EXCLUDED.occurred_at, EXCLUDED.idx) > (s.occurred_at, s.idx)
-                    """,
-                    [e.subject for e in state],
-                    [e.purpose for e in state],
-                    [e.index for e in state],
-                    [e.action for e in state],
-                    [e.policy_version for e in state],
-                    [e.occurred_at for e in state],
-                    [e.expires_at for e in state],
-                )
+            sequences = await self._upsert_state(state, entry_counts) if state else {}
+            if outbox is not None:
+                await self._enqueue(outbox(sequences, await self._subscriptions()))
             if claims:
                 await self.conn.copy_records_to_table(
                     "idempotency_keys",
@@ -244,6 +231,56 @@ class AppendTransaction:
             )
             # Delivered at commit, so a listener never hears of entries it cannot read yet.
             await self.conn.execute("SELECT pg_notify($1, $2)", LOG_CHANNEL, str(head.size))
+
+    async def _upsert_state(
+        self, state: Sequence[Entry], entry_counts: Mapping[tuple[str, str], int] | None
+    ) -> dict[tuple[str, str], int]:
+        """Upsert each key's deciding entry and add its entries to the count; return the counts."""
+        counts = entry_counts or {}
+        rows = await self.conn.fetch(
+            """
+            INSERT INTO consent_state AS s
+                (subject, purpose, idx, action, policy_version, occurred_at, expires_at, entries)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[],
+                                 $6::text[], $7::text[], $8::bigint[])
+            ON CONFLICT (subject, purpose) DO UPDATE SET
+                entries = s.entries + EXCLUDED.entries,
+                idx = CASE WHEN (EXCLUDED.occurred_at, EXCLUDED.idx) > (s.occurred_at, s.idx)
+                           THEN EXCLUDED.idx ELSE s.idx END,
+                action = CASE WHEN (EXCLUDED.occurred_at, EXCLUDED.idx) > (s.occurred_at, s.idx)
+                              THEN EXCLUDED.action ELSE s.action END,
+                policy_version = CASE WHEN (EXCLUDED.occurred_at, EXCLUDED.idx) > (s.occurred_at, s.idx)
+                                      THEN EXCLUDED.policy_version ELSE s.policy_version END,
+                expires_at = CASE WHEN (EXCLUDED.occurred_at, EXCLUDED.idx) > (s.occurred_at, s.idx)
+                                  THEN EXCLUDED.expires_at ELSE s.expires_at END,
+                occurred_at = CASE WHEN (EXCLUDED.occurred_at, EXCLUDED.idx) > (s.occurred_at, s.idx)
+                                   THEN EXCLUDED.occurred_at ELSE s.occurred_at END
+            RETURNING s.subject, s.purpose, s.entries
+            """,
+            [e.subject for e in state],
+            [e.purpose for e in state],
+            [e.index for e in state],
+            [e.action for e in state],
+            [e.policy_version for e in state],
+            [e.occurred_at for e in state],
+            [e.expires_at for e in state],
+            [counts.get((e.subject, e.purpose), 1) for e in state],
+        )
+        return {(r["subject"], r["purpose"]): r["entries"] for r in rows}
+
+    async def _subscriptions(self) -> list[Subscription]:
+        rows = await self.conn.fetch(
+            "SELECT id, events, purposes FROM webhook_subscriptions WHERE disabled_at IS NULL AND deleted_at IS NULL"
+        )
+        return [Subscription(str(r["id"]), list(r["events"]), r["purposes"]) for r in rows]
+
+    async def _enqueue(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            await self.conn.copy_records_to_table(
+                "webhook_deliveries",
+                records=[(d.id, uuid.UUID(d.subscription_id), d.idx, d.event_type, d.payload) for d in deliveries],
+                columns=["id", "subscription_id", "idx", "event_type", "payload"],
+            )
 
 
 class Store:

@@ -1,0 +1,225 @@
+"""Standard Webhooks: secrets, signatures, event bodies, the retry schedule and destination rules.
+
+Pure functions; the dispatcher (ledger/webhooks.py) does the I/O. Signed content is
+`<webhook-id>.<webhook-timestamp>.<body>`; `v1` is base64 HMAC-SHA256 under the subscription's
+secret (the bytes after `whsec_`), `v1a` is base64 Ed25519 under the service's webhook key.
+"""
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import uuid
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Literal, NamedTuple
+
+import msgspec
+from nacl.signing import SigningKey
+
+from ledger.core.checkpoint import Checkpoint
+from ledger.core.entry import Entry
+from ledger.core.errors import LedgerError
+
+EventType = Literal["consent.withdrawn", "consent.granted", "log.checkpoint"]
+EVENT_TYPES: tuple[str, ...] = ("consent.withdrawn", "consent.granted", "log.checkpoint")
+SECRET_PREFIX = "whsec_"
+# Standard Webhooks' schedule: the first attempt at once, then after each failure.
+RETRY_DELAYS = (
+    timedelta(seconds=5),
+    timedelta(minutes=5),
+    timedelta(minutes=30),
+    timedelta(hours=2),
+    timedelta(hours=5),
+    timedelta(hours=10),
+    timedelta(hours=14),
+    timedelta(hours=20),
+    timedelta(hours=24),
+)
+MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
+JITTER = 0.1
+
+
+class DestinationRefused(LedgerError):
+    """A webhook URL that must not be called: not https, or an internal address."""
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def secret_bytes(secret: str) -> bytes:
+    try:
+        return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        raise LedgerError("malformed webhook secret") from None
+
+
+def signed_content(msg_id: str, timestamp: int, body: bytes) -> bytes:
+    return f"{msg_id}.{timestamp}.".encode() + body
+
+
+def signature_header(msg_id: str, timestamp: int, body: bytes, secrets_: Sequence[str], ed25519: SigningKey) -> str:
+    """`v1,<hmac>` for each live secret (two during a rotation), then `v1a,<ed25519>`."""
+    content = signed_content(msg_id, timestamp, body)
+    parts = [
+        "v1," + base64.b64encode(hmac.new(secret_bytes(s), content, hashlib.sha256).digest()).decode() for s in secrets_
+    ]
+    parts.append("v1a," + base64.b64encode(ed25519.sign(content).signature).decode())
+    return " ".join(parts)
+
+
+class ConsentEventData(msgspec.Struct, frozen=True):
+    device_id: str
+    subject: str
+    purpose: str
+    action: str
+    index: int
+    policy_version: int
+    occurred_at: str
+    recorded_at: str
+    sequence: int
+
+
+class CheckpointEventData(msgspec.Struct, frozen=True):
+    origin: str
+    tree_size: int
+    root: str
+    checkpoint: str
+
+
+class Event(msgspec.Struct, frozen=True):
+    type: str
+    timestamp: str
+    data: ConsentEventData | CheckpointEventData
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def event_body(event: Event) -> bytes:
+    return _encode(event)
+
+
+def consent_event_type(action: str) -> EventType | None:
+    return {"withdraw": "consent.withdrawn", "grant": "consent.granted"}.get(action)  # type: ignore[return-value]
+
+
+def subscribed(events: Iterable[str], purposes: Iterable[str] | None, event_type: str, purpose: str | None) -> bool:
+    """Whether a subscription wants this event; `purposes` None means every purpose."""
+    if event_type not in events:
+        return False
+    return purpose is None or purposes is None or purpose in purposes
+
+
+class Subscription(NamedTuple):
+    """What the append transaction needs to know of a live subscription."""
+
+    id: str
+    events: list[str]
+    purposes: list[str] | None
+
+
+class Delivery(NamedTuple):
+    """One outbox row: an event for one subscription."""
+
+    id: str
+    subscription_id: str
+    idx: int
+    event_type: str
+    payload: bytes
+
+
+def build_deliveries(
+    entries: Sequence[tuple[Entry, str]],
+    sequences: Mapping[tuple[str, str], int],
+    subscriptions: Sequence[Subscription],
+    checkpoint: Checkpoint,
+    note: str,
+    recorded_at: str,
+) -> list[Delivery]:
+    """The outbox rows for one batch: each consent event for each subscription that wants it, then
+    the batch's checkpoint. `entries` are (entry, device_id) in index order; `sequences` is each
+    (subject, purpose)'s entry count after the batch."""
+    if not subscriptions:
+        return []
+    in_batch = Tally((e.subject, e.purpose) for e, _ in entries)
+    seen: Tally[tuple[str, str]] = Tally()
+    deliveries: list[Delivery] = []
+    for entry, device_id in entries:
+        key = (entry.subject, entry.purpose)
+        seen[key] += 1
+        event_type = consent_event_type(entry.action)
+        if event_type is None:
+            continue
+        wanting = [s for s in subscriptions if subscribed(s.events, s.purposes, event_type, entry.purpose)]
+        if not wanting:
+            continue
+        data = ConsentEventData(
+            device_id=device_id,
+            subject=entry.subject,
+            purpose=entry.purpose,
+            action=entry.action,
+            index=entry.index,
+            policy_version=entry.policy_version,
+            occurred_at=entry.occurred_at,
+            recorded_at=entry.recorded_at,
+            sequence=sequences[key] - in_batch[key] + seen[key],
+        )
+        payload = event_body(Event(event_type, entry.recorded_at, data))
+        deliveries += [Delivery(_msg_id(), s.id, entry.index, event_type, payload) for s in wanting]
+    checkpoint_payload = event_body(
+        Event(
+            "log.checkpoint",
+            recorded_at,
+            CheckpointEventData(checkpoint.origin, checkpoint.size, base64.b64encode(checkpoint.root).decode(), note),
+        )
+    )
+    deliveries += [
+        Delivery(_msg_id(), s.id, checkpoint.size - 1, "log.checkpoint", checkpoint_payload)
+        for s in subscriptions
+        if "log.checkpoint" in s.events
+    ]
+    return deliveries
+
+
+def _msg_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def retry_delay(attempts: int, jitter: float) -> timedelta | None:
+    """Delay before the next attempt after `attempts` failed ones; None when they are exhausted.
+
+    `jitter` in [-1, 1] spreads retries by up to JITTER of the delay, so that a receiver coming
+    back is not hit by every queued delivery in the same second.
+    """
+    if attempts >= MAX_ATTEMPTS:
+        return None
+    delay = RETRY_DELAYS[attempts - 1]
+    return delay * (1 + JITTER * max(-1.0, min(1.0, jitter)))
+
+
+def check_destination(scheme: str, addresses: Iterable[str], allow_private: bool) -> None:
+    """Refuse anything but https to public addresses, unless the operator allowed private ones.
+
+    Every resolved address is checked: a name that resolves to one public and one internal
+    address is refused, since the connection could go to either.
+    """
+    if allow_private:
+        if scheme not in ("https", "http"):
+            raise DestinationRefused(f"{scheme}: only http and https")
+        return
+    if scheme != "https":
+        raise DestinationRefused("webhook URLs must use https")
+    resolved = list(addresses)
+    if not resolved:
+        raise DestinationRefused("the host does not resolve")
+    for text in resolved:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_global or address.is_multicast:
+            raise DestinationRefused(f"{text} is not a public address")
