@@ -17,6 +17,7 @@ from ledger.api.fast_check import FastCheck
 from ledger.api.health import HealthController, prometheus
 from ledger.api.log import KeysController, LogController
 from ledger.api.problems import EXCEPTION_HANDLERS
+from ledger.api.webhooks import WebhooksController
 from ledger.service import Ledger
 from ledger.settings import Settings
 
@@ -69,6 +70,7 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
             ChecksController,
             DevicesController,
             PurposesController,
+            WebhooksController,
         ],
         lifespan=[lifespan],
         dependencies={"ledger": Provide(ledger_of, sync_to_thread=False)},

@@ -11,6 +11,7 @@ Idempotency keys are settled inside the batch, under the log lock: every writer 
 import asyncio
 import contextlib
 from collections import Counter as Tally
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -64,6 +65,7 @@ class Appender:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.appended = 0
+        self.on_commit: list[Callable[[], None]] = []
 
     @property
     def running(self) -> bool:
@@ -169,6 +171,8 @@ class Appender:
         self.appended += len(drafts)
         metrics.APPENDS.inc(len(drafts))
         metrics.BATCH_SIZE.observe(len(drafts))
+        for listener in self.on_commit:
+            listener()
         for i, result in zip(fresh, sealed.sealed, strict=True):
             outcomes[i] = result
         for i, p in enumerate(batch):

@@ -69,6 +69,30 @@ for _result in ("hit", "miss"):
     CACHE_LOOKUPS.labels(_result)  # exported from the start, at 0
 
 
+DELIVERIES = Counter(
+    "ledger_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (delivered, retry, dead, disabled).",
+    ["outcome"],
+)
+OUTBOX_PENDING = Gauge(
+    "ledger_webhook_pending_deliveries", "Deliveries waiting in the outbox.", multiprocess_mode="livemax"
+)
+OUTBOX_OLDEST_SECONDS = Gauge(
+    "ledger_webhook_oldest_pending_seconds", "Age of the oldest pending delivery.", multiprocess_mode="livemax"
+)
+for _outcome in ("delivered", "retry", "dead", "disabled"):
+    DELIVERIES.labels(_outcome)
+
+
+def count_delivery(outcome: str) -> None:
+    DELIVERIES.labels(outcome).inc()
+
+
+def observe_outbox(pending: int, oldest_seconds: float) -> None:
+    OUTBOX_PENDING.set(pending)
+    OUTBOX_OLDEST_SECONDS.set(oldest_seconds)
+
+
 _BOUNDS = (*DURATION_BUCKETS, float("inf"))
 # (route, method, status) -> [count per bucket..., sum of seconds]
 _requests: dict[tuple[str, str, str], list[float]] = {}

@@ -74,3 +74,72 @@ class DeviceHistory(msgspec.Struct, frozen=True):
 
 consent_decoder = msgspec.json.Decoder(ConsentIn)
 checks_decoder = msgspec.json.Decoder(ChecksIn)
+
+
+WebhookEvent = Literal["consent.withdrawn", "consent.granted", "log.checkpoint"]
+
+
+class WebhookIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    events: Annotated[list[WebhookEvent], msgspec.Meta(min_length=1, max_length=3)]
+    purposes: list[PurposeKey] | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class WebhookOut(msgspec.Struct, frozen=True):
+    id: str
+    url: str
+    events: list[str]
+    purposes: list[str] | None
+    description: str | None
+    created_at: str
+    disabled_at: str | None
+    disabled_reason: str | None
+    failing_since: str | None
+
+
+class WebhookCreated(msgspec.Struct, frozen=True):
+    id: str
+    url: str
+    events: list[str]
+    purposes: list[str] | None
+    description: str | None
+    created_at: str
+    secret: str
+
+
+class WebhooksOut(msgspec.Struct, frozen=True):
+    webhooks: list[WebhookOut]
+
+
+class SecretRotated(msgspec.Struct, frozen=True):
+    id: str
+    secret: str
+    previous_secret_valid_until: str
+
+
+class AttemptOut(msgspec.Struct, frozen=True):
+    attempt: int
+    started_at: str
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+
+
+class DeliveryOut(msgspec.Struct, frozen=True):
+    id: str
+    event_type: str
+    index: int
+    status: str
+    attempts: list[AttemptOut]
+    next_attempt_at: str | None
+    created_at: str
+    completed_at: str | None
+    last_error: str | None
+
+
+class DeliveriesOut(msgspec.Struct, frozen=True):
+    deliveries: list[DeliveryOut]
+
+
+webhook_decoder = msgspec.json.Decoder(WebhookIn)

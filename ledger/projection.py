@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from ledger import metrics
@@ -83,6 +83,7 @@ class Projection:
         self._advanced = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self.token_listeners: list[object] = on_tokens_changed or []
+        self.log_listeners: list[Callable[[str], None]] = []
         self.hits = 0
         self.misses = 0
         self.listening = False
@@ -169,6 +170,8 @@ class Projection:
 
     def _ring(self, payload: str) -> None:
         self._doorbell.set()
+        for listener in self.log_listeners:
+            listener(payload)
 
     def _tokens_changed(self, payload: str) -> None:
         for listener in self.token_listeners:

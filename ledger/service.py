@@ -1,13 +1,17 @@
 """The ledger's use cases, between the HTTP layer and storage."""
 
+import asyncio
 import hashlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import msgspec
+from nacl.signing import SigningKey
 
 from ledger import auth, metrics
 from ledger.appender import Appender, Claim, Replayed
@@ -15,17 +19,29 @@ from ledger.core.batch import Draft, Sealed
 from ledger.core.decision import Decision, decide, deciding
 from ledger.core.entry import format_time, is_device_id, parse_entry, parse_time
 from ledger.core.errors import ProofError
-from ledger.core.note import Signer
+from ledger.core.note import Signer, Verifier
 from ledger.core.proof import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
 from ledger.core.purposes import Registry
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import NodeId
+from ledger.core.webhooks import DestinationRefused, check_destination, new_secret
 from ledger.errors import InvalidRequest, StorageError, UnprocessableRequest
-from ledger.models import ConsentIn, Receipt, consent_decoder
+from ledger.models import (
+    AttemptOut,
+    ConsentIn,
+    DeliveryOut,
+    Receipt,
+    SecretRotated,
+    WebhookCreated,
+    WebhookIn,
+    WebhookOut,
+    consent_decoder,
+)
 from ledger.projection import Projection
 from ledger.settings import Settings
 from ledger.storage import migrations
-from ledger.storage.postgres import Store, TokenRecord, create_pool
+from ledger.storage.postgres import Store, SubscriptionRecord, TokenRecord, create_pool
+from ledger.webhooks import Dispatcher
 
 ADMIN_TOKEN_NAME = "LEDGER_ADMIN_TOKEN"
 ENTRIES_PAGE = 1000
@@ -34,6 +50,8 @@ CONSISTENCY_TOKEN_PREFIX = "ct1."
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 TOKEN_CACHE_SECONDS = 5.0
 TOKEN_CACHE_LIMIT = 10_000
+# After a rotation the old secret keeps signing for this long, so receivers can switch over.
+SECRET_OVERLAP = timedelta(hours=24)
 
 NodesFor = Callable[[int, int], list[NodeId]]
 BuildProof = Callable[[int, int, Mapping[NodeId, bytes]], list[bytes]]
@@ -63,7 +81,13 @@ def consistency_token(size: int) -> str:
 
 class Ledger:
     def __init__(
-        self, settings: Settings, store: Store, appender: Appender, signer: Signer, projection: Projection
+        self,
+        settings: Settings,
+        store: Store,
+        appender: Appender,
+        signer: Signer,
+        projection: Projection,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.settings = settings
         self.registry: Registry = settings.registry
@@ -71,6 +95,8 @@ class Ledger:
         self.appender = appender
         self.signer = signer
         self.projection = projection
+        self.dispatcher = dispatcher
+        self.webhook_verifier = Verifier(f"{signer.name}/webhooks", bytes(webhook_key(signer).verify_key))
         self._seen = 0
         self._tokens: dict[bytes, tuple[TokenRecord, float]] = {}
         projection.token_listeners.append(self.forget_tokens)
@@ -89,12 +115,20 @@ class Ledger:
                 store, database_url, cache_size=settings.cache_size, max_staleness_ms=settings.max_staleness_ms
             )
             await projection.start()
+            key = webhook_key(signer)
+            await store.register_key(Verifier(f"{signer.name}/webhooks", bytes(key.verify_key)))
+            dispatcher = Dispatcher(store, key, allow_private=settings.webhook_allow_private)
+            projection.log_listeners.append(dispatcher.ring)
+            appender.on_commit.append(dispatcher.ring)
+            await dispatcher.start()
         except BaseException:
             await store.pool.close()
             raise
-        return cls(settings, store, appender, signer, projection)
+        return cls(settings, store, appender, signer, projection, dispatcher)
 
     async def close(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
         await self.projection.stop()
         await self.appender.stop()
         await self.store.pool.close()
@@ -259,6 +293,57 @@ class Ledger:
             for index, _ in await self.store.history(subject)
         ]
 
+    # -- webhooks ----------------------------------------------------------------------------
+
+    async def create_webhook(self, body: WebhookIn) -> WebhookCreated:
+        unknown = sorted(set(body.purposes or ()) - set(self.registry.purposes))
+        if unknown:
+            raise UnprocessableRequest(self._unknown_purpose(unknown[0]))
+        await check_webhook_url(body.url, self.settings.webhook_allow_private)
+        secret = new_secret()
+        record = await self.store.create_subscription(
+            body.url, list(dict.fromkeys(body.events)), body.purposes, body.description, secret
+        )
+        return WebhookCreated(
+            record.id, record.url, record.events, record.purposes, record.description,
+            format_time(record.created_at), secret,
+        )  # fmt: skip
+
+    async def webhooks(self) -> list[WebhookOut]:
+        return [_webhook_out(r) for r in await self.store.subscriptions()]
+
+    async def webhook(self, webhook_id: uuid.UUID) -> WebhookOut | None:
+        record = await self.store.subscription(webhook_id)
+        return None if record is None else _webhook_out(record)
+
+    async def rotate_webhook_secret(self, webhook_id: uuid.UUID) -> SecretRotated | None:
+        secret = new_secret()
+        if not await self.store.rotate_secret(webhook_id, secret, SECRET_OVERLAP):
+            return None
+        record = await self.store.subscription(webhook_id)
+        assert record is not None
+        assert record.previous_secret_until is not None
+        return SecretRotated(str(webhook_id), secret, format_time(record.previous_secret_until))
+
+    async def deliveries(self, webhook_id: uuid.UUID) -> list[DeliveryOut]:
+        return [
+            DeliveryOut(
+                d.id,
+                d.event_type,
+                d.idx,
+                d.status,
+                [
+                    AttemptOut(a.attempt, format_time(a.started_at), a.status_code, a.latency_ms, a.error)
+                    for a in d.attempts
+                ],
+                _time_or_none(d.next_attempt_at),
+                format_time(d.created_at),
+                _time_or_none(d.completed_at),
+                d.last_error,
+            )
+            for d in await self.store.deliveries(webhook_id)
+        ]
+
     def _unknown_purpose(self, purpose: str) -> str:
         return f"unknown purpose {purpose!r}; known: {', '.join(sorted(self.registry.purposes))}"
 
@@ -279,8 +364,8 @@ class Ledger:
         return head.note
 
     async def keys(self) -> list[KeyInfo]:
-        active = self.signer.verifier.id.hex()
-        return [KeyInfo(k.key_name, k.key_id, k.vkey, k.key_id == active) for k in await self.store.keys()]
+        active = {self.signer.verifier.id.hex(), self.webhook_verifier.id.hex()}
+        return [KeyInfo(k.key_name, k.key_id, k.vkey, k.key_id in active) for k in await self.store.keys()]
 
     async def entries(self, start: int, end: int | None) -> tuple[int, int, AsyncIterator[bytes]]:
         """Entries start <= index < end, the end clamped to the log's size, read page by page."""
@@ -313,6 +398,40 @@ class Ledger:
         except ProofError as exc:
             raise InvalidRequest(str(exc)) from None
         return build(a, size, await self.store.nodes(ids))
+
+
+def _time_or_none(moment: datetime | None) -> str | None:
+    return None if moment is None else format_time(moment)
+
+
+def _webhook_out(r: SubscriptionRecord) -> WebhookOut:
+    return WebhookOut(
+        r.id, r.url, r.events, r.purposes, r.description, format_time(r.created_at),
+        _time_or_none(r.disabled_at), r.disabled_reason, _time_or_none(r.failing_since),
+    )  # fmt: skip
+
+
+async def check_webhook_url(url: str, allow_private: bool) -> None:
+    """Refuse at subscription time what the dispatcher would refuse at send time."""
+    parts = urlsplit(url)
+    if not parts.hostname or parts.scheme not in ("https", "http"):
+        raise UnprocessableRequest("url must be an absolute https URL")
+    if parts.username or parts.password:
+        raise UnprocessableRequest("url must not carry credentials; sign with the webhook secret instead")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        raise UnprocessableRequest(f"url: cannot resolve {parts.hostname}: {exc}") from None
+    try:
+        check_destination(parts.scheme, [str(i[4][0]) for i in infos], allow_private)
+    except DestinationRefused as exc:
+        raise UnprocessableRequest(f"url: {exc}") from None
+
+
+def webhook_key(signer: Signer) -> SigningKey:
+    """The Ed25519 key behind webhook `v1a` signatures, derived from the log's key."""
+    return signer.derive("consent-ledger webhook signatures v1")
 
 
 def check_device(device_id: str, where: str = "") -> None:

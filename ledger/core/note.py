@@ -8,6 +8,7 @@ SHA-256(name || "\\n" || 0x01 || public key)[:4].
 import base64
 import binascii
 import hashlib
+import hmac
 from typing import NamedTuple
 
 from nacl.exceptions import BadSignatureError
@@ -114,6 +115,11 @@ class Signer:
     @property
     def name(self) -> str:
         return self.verifier.name
+
+    def derive(self, label: str) -> SigningKey:
+        """Another Ed25519 key for another purpose, derived from this one, so that a signature
+        made for that purpose can never pass as one of this key's (domain separation)."""
+        return SigningKey(hmac.new(bytes(self._key), label.encode(), hashlib.sha256).digest())
 
     def signature_line(self, text: str) -> str:
         signature = self._key.sign(text.encode()).signature

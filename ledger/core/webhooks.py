@@ -14,7 +14,8 @@ import secrets
 import uuid
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Literal, NamedTuple
 
 import msgspec
@@ -223,3 +224,58 @@ def check_destination(scheme: str, addresses: Iterable[str], allow_private: bool
             address = address.ipv4_mapped
         if not address.is_global or address.is_multicast:
             raise DestinationRefused(f"{text} is not a public address")
+
+
+class Step(NamedTuple):
+    """What to do with a delivery after an attempt."""
+
+    outcome: Literal["delivered", "retry", "dead", "disabled"]
+    next_attempt_in: timedelta | None = None
+    reason: str | None = None
+
+
+FAILING_LIMIT = timedelta(days=5)
+MAX_RETRY_AFTER = timedelta(hours=24)
+
+
+def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
+    """Retry-After as seconds or an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(timedelta(seconds=int(value)), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(max(when - now, timedelta(0)), MAX_RETRY_AFTER)
+
+
+def next_step(
+    status: int | None,
+    retry_after: timedelta | None,
+    attempts: int,
+    failing_for: timedelta | None,
+    jitter: float,
+) -> Step:
+    """Decide after attempt number `attempts`: `status` None means no HTTP answer at all.
+
+    Only 2xx succeeds (a redirect is a failure: it is never followed); 410 disables the
+    subscription; 429 and 503 wait at least their Retry-After; a subscription failing for
+    FAILING_LIMIT is disabled; a delivery out of attempts is dead.
+    """
+    if status is not None and 200 <= status < 300:
+        return Step("delivered")
+    if status == 410:
+        return Step("disabled", reason="the receiver answered 410 Gone")
+    if failing_for is not None and failing_for >= FAILING_LIMIT:
+        return Step("disabled", reason=f"failing for more than {FAILING_LIMIT.days} days")
+    delay = retry_delay(attempts, jitter)
+    if delay is None:
+        return Step("dead", reason=f"no success in {MAX_ATTEMPTS} attempts")
+    if status in (429, 503) and retry_after is not None:
+        delay = max(delay, retry_after)
+    return Step("retry", delay)

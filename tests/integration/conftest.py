@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from ledger import auth
+from ledger.core.note import Verifier
 from ledger.keys import write_key_file
 from ledger.storage.postgres import Store
 
@@ -45,3 +46,10 @@ async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def log_verifier(client: httpx.AsyncClient, origin: str = ORIGIN) -> Verifier:
+    """The log's verifier key as /v1/keys publishes it (the webhook key is listed beside it)."""
+    keys = (await client.get("/v1/keys")).json()["keys"]
+    [vkey] = [k["vkey"] for k in keys if k["key_name"] == origin]
+    return Verifier.from_vkey(vkey)

@@ -22,6 +22,11 @@ def ledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+def log_vkey(base: str, origin: str = "embedded.test/log") -> str:
+    [vkey] = [k["vkey"] for k in httpx.get(f"{base}/v1/keys").json()["keys"] if k["key_name"] == origin]
+    return str(vkey)
+
+
 def test_keygen_writes_a_0600_key_and_prints_its_verifier_key(tmp_path: Path) -> None:
     out = tmp_path / "keys" / "ledger.key"
     result = ledger("keygen", "--out", str(out), env={"LEDGER_LOG_ORIGIN": "consent.example/log"})
@@ -64,7 +69,7 @@ def test_serve_on_the_embedded_server_keeps_key_and_log_across_restarts(tmp_path
     env = {"LEDGER_DATA_DIR": str(tmp_path / "data"), "LEDGER_LOG_ORIGIN": "embedded.test/log"}
     with running_server(env) as base:
         first_note = httpx.get(f"{base}/v1/log/checkpoint").text
-        vkey = httpx.get(f"{base}/v1/keys").json()["keys"][0]["vkey"]
+        vkey = log_vkey(base)
     key_file = tmp_path / "data" / "signing.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
@@ -74,7 +79,7 @@ def test_serve_on_the_embedded_server_keeps_key_and_log_across_restarts(tmp_path
     token = created.stdout.strip().splitlines()[-1]
     with running_server(env) as base:
         assert httpx.get(f"{base}/v1/log/checkpoint").text == first_note
-        assert httpx.get(f"{base}/v1/keys").json()["keys"][0]["vkey"] == vkey
+        assert log_vkey(base) == vkey
         proof = httpx.get(f"{base}/v1/log/proof/consistency?from=0&to=0", headers={"Authorization": f"Bearer {token}"})
         assert proof.status_code == 200
         # And while it serves: a token created by another process works at once.

@@ -10,12 +10,11 @@ import pytest
 
 from ledger.core.checkpoint import open_checkpoint
 from ledger.core.entry import format_time, parse_entry
-from ledger.core.note import Verifier
 from ledger.core.proof import verify_inclusion
 from ledger.core.rfc6962 import leaf_hash
 from ledger.storage.postgres import Store
 
-from .conftest import ORIGIN, bearer
+from .conftest import ORIGIN, bearer, log_verifier
 from .server import ADMIN_TOKEN, running_server, server_env
 
 REGISTRY = """
@@ -87,7 +86,7 @@ async def test_a_receipt_proves_the_recorded_entry(client: httpx.AsyncClient) ->
     assert entry.actor == "user"
     assert "phone-1" not in receipt["leaf"]
     assert receipt["leaf_hash"] == leaf_hash(receipt["leaf"].encode()).hex()
-    vkey = Verifier.from_vkey((await client.get("/v1/keys")).json()["keys"][0]["vkey"])
+    vkey = await log_verifier(client)
     checkpoint = open_checkpoint(receipt["checkpoint"], [vkey], origin=ORIGIN)
     proof = [bytes.fromhex(h) for h in receipt["inclusion_proof"]]
     verify_inclusion(entry.index, checkpoint.size, bytes.fromhex(receipt["leaf_hash"]), proof, checkpoint.root)
@@ -280,7 +279,7 @@ async def test_device_consents_history_and_purposes(client: httpx.AsyncClient) -
     assert consents["purposes"]["telemetry"]["reason"] == "granted"
     history = (await client.get("/v1/devices/h1/history")).json()
     assert [r["index"] for r in history["entries"]] == [first["index"], last["index"]]
-    vkey = Verifier.from_vkey((await client.get("/v1/keys")).json()["keys"][0]["vkey"])
+    vkey = await log_verifier(client)
     for receipt in history["entries"]:
         checkpoint = open_checkpoint(receipt["checkpoint"], [vkey])
         proof = [bytes.fromhex(h) for h in receipt["inclusion_proof"]]

@@ -14,7 +14,7 @@ from ledger.core.verify import verify_log
 from ledger.keys import read_key_file
 from ledger.storage.postgres import Store
 
-from .conftest import ORIGIN, bearer
+from .conftest import ORIGIN, bearer, log_verifier
 from .helpers import draft
 from .server import ADMIN_TOKEN
 
@@ -31,12 +31,13 @@ async def filled(store: Store, key_file: Path, base_url: str) -> list:  # type: 
 
 async def test_keys_and_checkpoint_are_public_and_verify(client: httpx.AsyncClient, filled: list) -> None:  # type: ignore[type-arg]
     keys = (await client.get("/v1/keys")).json()["keys"]
-    assert len(keys) == 1
-    key = keys[0]
-    assert key["algorithm"] == "ed25519"
-    assert key["active"] is True
-    assert key["key_name"] == ORIGIN
-    assert key["vkey"].startswith(f"{ORIGIN}+{key['key_id']}+")
+    assert sorted(k["key_name"] for k in keys) == [ORIGIN, f"{ORIGIN}/webhooks"]
+    for key in keys:
+        assert key["algorithm"] == "ed25519"
+        assert key["active"] is True
+        assert key["vkey"].startswith(f"{key['key_name']}+{key['key_id']}+")
+        assert Verifier.from_vkey(key["vkey"]).id.hex() == key["key_id"]
+    [key] = [k for k in keys if k["key_name"] == ORIGIN]
     response = await client.get("/v1/log/checkpoint")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -56,8 +57,7 @@ async def test_entries_are_exact_bytes_and_verify_offline(
     lines = response.content.split(b"\n")
     assert lines[-1] == b""
     assert lines[:-1] == [s.leaf for s in filled]
-    vkey = (await client.get("/v1/keys")).json()["keys"][0]["vkey"]
-    verify_log(lines[:-1], (await client.get("/v1/log/checkpoint")).text, [Verifier.from_vkey(vkey)])
+    verify_log(lines[:-1], (await client.get("/v1/log/checkpoint")).text, [await log_verifier(client)])
     part = await client.get("/v1/log/entries?start=5&end=8", headers=bearer(tokens["admin"]))
     assert part.content.split(b"\n")[:-1] == [s.leaf for s in filled[5:8]]
     clamped = await client.get("/v1/log/entries?start=18&end=1000", headers=bearer(tokens["audit:read"]))
@@ -69,7 +69,7 @@ async def test_proofs_verify_against_signed_checkpoints(
     tokens: dict[str, str],
     filled: list,  # type: ignore[type-arg]
 ) -> None:
-    vkey = Verifier.from_vkey((await client.get("/v1/keys")).json()["keys"][0]["vkey"])
+    vkey = await log_verifier(client)
     head = open_checkpoint((await client.get("/v1/log/checkpoint")).text, [vkey])
     h = bearer(tokens["audit:read"])
     for index in (0, 7, 19):

@@ -1,0 +1,74 @@
+"""Withdrawal webhooks: subscriptions and their deliveries (scope admin)."""
+
+from typing import Any, TypeVar
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from litestar.exceptions import NotFoundException
+
+from ledger.api.guards import require
+from ledger.errors import InvalidRequest, UnprocessableRequest
+from ledger.models import (
+    DeliveriesOut,
+    SecretRotated,
+    WebhookCreated,
+    WebhookOut,
+    WebhooksOut,
+    webhook_decoder,
+)
+from ledger.service import Ledger
+
+
+class WebhooksController(Controller):
+    path = "/v1/webhooks"
+    guards = [require("admin")]  # noqa: RUF012 (litestar's layer attribute)
+
+    @post("/", request_max_body_size=16 * 1024)
+    async def create(self, request: Request[Any, Any, Any], ledger: Ledger) -> WebhookCreated:
+        try:
+            body = webhook_decoder.decode(await request.body())
+        except msgspec.ValidationError as exc:
+            raise UnprocessableRequest(str(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+        return await ledger.create_webhook(body)
+
+    @get("/")
+    async def list_all(self, ledger: Ledger) -> WebhooksOut:
+        return WebhooksOut(await ledger.webhooks())
+
+    @get("/{webhook_id:uuid}")
+    async def one(self, ledger: Ledger, webhook_id: UUID) -> WebhookOut:
+        return _found(await ledger.webhook(webhook_id))
+
+    @delete("/{webhook_id:uuid}")
+    async def remove(self, ledger: Ledger, webhook_id: UUID) -> None:
+        if not await ledger.store.delete_subscription(webhook_id):
+            raise NotFoundException("no such webhook")
+
+    @post("/{webhook_id:uuid}/rotate-secret", status_code=200)
+    async def rotate(self, ledger: Ledger, webhook_id: UUID) -> SecretRotated:
+        return _found(await ledger.rotate_webhook_secret(webhook_id))
+
+    @get("/{webhook_id:uuid}/deliveries")
+    async def deliveries(self, ledger: Ledger, webhook_id: UUID) -> DeliveriesOut:
+        _found(await ledger.webhook(webhook_id))
+        return DeliveriesOut(await ledger.deliveries(webhook_id))
+
+    @post("/{webhook_id:uuid}/deliveries/{delivery_id:str}/retry", status_code=202)
+    async def retry(self, ledger: Ledger, webhook_id: UUID, delivery_id: str) -> dict[str, str]:
+        if not await ledger.store.retry_delivery(webhook_id, delivery_id):
+            raise NotFoundException("no such delivery for this webhook")
+        if ledger.dispatcher is not None:
+            ledger.dispatcher.ring()
+        return {"id": delivery_id, "status": "pending"}
+
+
+T = TypeVar("T")
+
+
+def _found(value: T | None) -> T:
+    if value is None:
+        raise NotFoundException("no such webhook")
+    return value
