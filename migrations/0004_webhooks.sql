@@ -19,8 +19,11 @@ CREATE TABLE webhook_subscriptions (
 
 CREATE TABLE webhook_deliveries (
     id              text        PRIMARY KEY,  -- the webhook-id, stable across retries
+    -- Rows are only inserted under the log lock, so this is log order: a batch's consent events
+    -- by index, then its checkpoint. A subscription's deliveries go out in this order.
+    seq             bigint      GENERATED ALWAYS AS IDENTITY UNIQUE,
     subscription_id uuid        NOT NULL REFERENCES webhook_subscriptions (id),
-    idx             bigint      NOT NULL,     -- log position: a subscription's deliveries go in this order
+    idx             bigint      NOT NULL,     -- the entry's index (a checkpoint event: its last entry)
     event_type      text        NOT NULL,
     payload         bytea       NOT NULL,
     status          text        NOT NULL DEFAULT 'pending'
@@ -32,7 +35,7 @@ CREATE TABLE webhook_deliveries (
     created_at      timestamptz NOT NULL DEFAULT now(),
     completed_at    timestamptz
 );
-CREATE INDEX webhook_deliveries_queue ON webhook_deliveries (subscription_id, idx) WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_queue ON webhook_deliveries (subscription_id, seq) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_by_subscription ON webhook_deliveries (subscription_id, created_at);
 
 CREATE TABLE webhook_attempts (

@@ -573,19 +573,17 @@ class Store:
             async with self.pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(
                     """
-                    WITH heads AS (
-                        SELECT DISTINCT ON (subscription_id) id
-                        FROM webhook_deliveries
-                        WHERE status = 'pending'
-                        ORDER BY subscription_id, idx, created_at
-                    )
                     SELECT d.id, d.subscription_id, d.payload, d.attempts, s.url, s.secret,
                            s.previous_secret, s.previous_secret_until, s.failing_since
-                    FROM webhook_deliveries d
-                    JOIN heads h ON h.id = d.id
-                    JOIN webhook_subscriptions s ON s.id = d.subscription_id
-                    WHERE d.next_attempt_at <= now() AND (d.lease_until IS NULL OR d.lease_until < now())
-                      AND s.disabled_at IS NULL AND s.deleted_at IS NULL
+                    FROM webhook_subscriptions s
+                    CROSS JOIN LATERAL (
+                        SELECT q.id FROM webhook_deliveries q
+                        WHERE q.subscription_id = s.id AND q.status = 'pending'
+                        ORDER BY q.seq LIMIT 1
+                    ) head
+                    JOIN webhook_deliveries d ON d.id = head.id
+                    WHERE s.disabled_at IS NULL AND s.deleted_at IS NULL
+                      AND d.next_attempt_at <= now() AND (d.lease_until IS NULL OR d.lease_until < now())
                     ORDER BY d.next_attempt_at
                     LIMIT $1
                     FOR UPDATE OF d SKIP LOCKED
@@ -688,7 +686,7 @@ class Store:
                               FILTER (WHERE a.attempt IS NOT NULL), '[]') AS attempts
                    FROM webhook_deliveries d LEFT JOIN webhook_attempts a ON a.delivery_id = d.id
                    WHERE d.subscription_id = $1
-                   GROUP BY d.id ORDER BY d.idx DESC, d.created_at DESC LIMIT $2""",
+                   GROUP BY d.id ORDER BY d.seq DESC LIMIT $2""",
                 subscription_id,
                 limit,
             )

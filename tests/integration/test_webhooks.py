@@ -126,6 +126,10 @@ async def test_a_withdrawal_arrives_signed_with_v1_and_v1a(client: httpx.AsyncCl
     [listed] = await deliveries(client, hook["id"])
     assert listed["status"] == "delivered"
     assert listed["attempts"][0]["status_code"] == 200
+    metrics = (await client.get("/metrics")).text
+    assert 'ledger_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
+    assert "ledger_webhook_pending_deliveries" in metrics
+    assert "ledger_webhook_oldest_pending_seconds" in metrics
 
 
 async def test_subscriptions_can_be_listed_rotated_and_deleted(client: httpx.AsyncClient, receiver: Receiver) -> None:
