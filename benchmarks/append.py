@@ -14,7 +14,6 @@ import asyncio
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 
+from benchmarks.common import RESULTS, percentile, progress
 from ledger import embedded
 from ledger.appender import Appender
 from ledger.core.batch import Draft
@@ -30,7 +30,6 @@ from ledger.core.proof import consistency_nodes, consistency_proof, inclusion_no
 from ledger.storage.migrations import migrate
 from ledger.storage.postgres import Store, create_pool
 
-RESULTS = Path(__file__).parent / "results"
 ORIGIN = "bench.example/log"
 
 
@@ -46,11 +45,6 @@ def draft(n: int) -> Draft:
         method="explicit_popup",
         evidence={"popup": "pixverse-consent-v1"},
     )
-
-
-def progress(text: str) -> None:
-    sys.stderr.write(f"\r\x1b[K{text}")
-    sys.stderr.flush()
 
 
 async def fresh_store(server_url: str) -> Store:
@@ -105,11 +99,6 @@ async def build_log(store: Store, size: int) -> None:
         progress(f"building a log of {size:,} entries: {begin + chunk:,} ({rate:,.0f}/s)")
     await appender.stop()
     progress("")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 async def measure_proofs(store: Store, size: int, count: int) -> dict[str, dict[str, float]]:

@@ -19,13 +19,10 @@ Prints tables, writes benchmarks/results/check.json and draws benchmarks/results
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -34,58 +31,13 @@ from typing import Any
 
 import httpx
 
+from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, percentile, progress
 from ledger import embedded
 from ledger.storage.migrations import migrate
 from ledger.storage.postgres import Store, create_pool
 
-RESULTS = Path(__file__).parent / "results"
-ADMIN = "bench-admin-token-0123456789abcdef0123456789"
-HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 PURPOSES = ("pixverse_sharing", "cross_border_transfer", "telemetry")
 PACED_CONNECTIONS = 128
-
-
-def progress(text: str) -> None:
-    sys.stderr.write(f"\r\x1b[K{text}")
-    sys.stderr.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Served:
-    """A server process (granian or uvicorn) for an app factory, on a free port."""
-
-    def __init__(self, server: str, target: str, env: dict[str, str], workers: int = 1) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger.server", server, target, str(self.port), str(workers)],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        probe = "/health/ready" if target.startswith("ledger") else "/v1/check"
-        while True:
-            try:
-                if httpx.get(self.url + probe, timeout=1).status_code in (200, 401):
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{server} serving {target} did not start")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def wrk(url: str, seconds: float, script: Path, connections: int = 32) -> dict[str, float]:
@@ -345,9 +297,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         middle.bar(f"{r['server']}\np99", r["server_p99_ms"], color="tab:orange")
     middle.axhline(1, color="tab:red", linestyle="--", linewidth=1, label="target p99: 1 ms")
     for r in results["servers"]:
-        middle.bar(f"{r['server']}\nclient p99", r["client_p99_ms"], color="tab:grey")
-    middle.set_ylabel("server-side milliseconds")
-    middle.set_title("Latency at half the maximum rate")
+        middle.bar(f"{r['server']}\nclient", r["client_p99_ms"], color="tab:grey")
+    middle.set_ylabel("milliseconds")
+    middle.set_title("Latency at half the maximum rate\n(server side; wrk's client-side p99 in grey)")
     middle.legend(fontsize=8)
     prop = results["propagation"]
     without, with_token = prop["without_token_ms"], prop["with_token_ms"]
@@ -360,11 +312,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def main() -> None:
@@ -414,9 +361,10 @@ def main() -> None:
     prop = results["propagation"]
     print()
     print(
-        "| server (1 worker) | bare Litestar (req/s) | GET /v1/check (req/s) | ratio | server p50 / p99 at half rate |"
+        "| server (1 worker) | bare Litestar (req/s) | GET /v1/check (req/s) | ratio "
+        "| full Litestar route (req/s) | server p50 / p99 at half the maximum |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results["servers"]:
         print(
             f"| {r['server']} | {r['bare_rps']:,.0f} | {r['check_rps']:,.0f} | {r['ratio']:.0%} | "

@@ -1,12 +1,14 @@
 """What the API takes and returns, as msgspec Structs with typed, bounded fields."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
 from ledger.core.decision import Decision
 from ledger.core.entry import Actor, DeviceId, Entry, Evidence, Method, PolicyVersion, PurposeKey
+from ledger.errors import InvalidRequest, UnprocessableRequest
 
+T = TypeVar("T")
 MAX_BATCH_CHECKS = 1000
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
 
@@ -72,6 +74,16 @@ class DeviceHistory(msgspec.Struct, frozen=True):
     entries: list[Receipt]
 
 
+def decode_body(decoder: "msgspec.json.Decoder[T]", body: bytes) -> T:
+    """Decode a request body: 400 if it is not JSON, 422 if it is JSON the ledger cannot take."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise UnprocessableRequest(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+
 consent_decoder = msgspec.json.Decoder(ConsentIn)
 checks_decoder = msgspec.json.Decoder(ChecksIn)
 
@@ -98,13 +110,9 @@ class WebhookOut(msgspec.Struct, frozen=True):
     failing_since: str | None
 
 
-class WebhookCreated(msgspec.Struct, frozen=True):
-    id: str
-    url: str
-    events: list[str]
-    purposes: list[str] | None
-    description: str | None
-    created_at: str
+class WebhookCreated(WebhookOut, frozen=True):
+    """A new subscription, with its secret: the only time the secret is shown."""
+
     secret: str
 
 

@@ -36,6 +36,7 @@ from ledger.models import (
     WebhookIn,
     WebhookOut,
     consent_decoder,
+    decode_body,
 )
 from ledger.projection import Projection
 from ledger.settings import Settings
@@ -304,10 +305,7 @@ class Ledger:
         record = await self.store.create_subscription(
             body.url, list(dict.fromkeys(body.events)), body.purposes, body.description, secret
         )
-        return WebhookCreated(
-            record.id, record.url, record.events, record.purposes, record.description,
-            format_time(record.created_at), secret,
-        )  # fmt: skip
+        return WebhookCreated(**msgspec.structs.asdict(_webhook_out(record)), secret=secret)
 
     async def webhooks(self) -> list[WebhookOut]:
         return [_webhook_out(r) for r in await self.store.subscriptions()]
@@ -440,12 +438,7 @@ def check_device(device_id: str, where: str = "") -> None:
 
 
 def decode_consent(body: bytes) -> ConsentIn:
-    try:
-        return consent_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise UnprocessableRequest(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+    return decode_body(consent_decoder, body)
 
 
 def _time(text: str, name: str) -> datetime:

@@ -2,13 +2,11 @@
 
 from typing import Any
 
-import msgspec
 from litestar import Controller, Request, get, post
 
 from ledger.api.guards import require
 from ledger.core.purposes import Registry
-from ledger.errors import InvalidRequest, UnprocessableRequest
-from ledger.models import ChecksOut, DecisionOut, DeviceConsents, DeviceHistory, checks_decoder
+from ledger.models import ChecksOut, DecisionOut, DeviceConsents, DeviceHistory, checks_decoder, decode_body
 from ledger.service import Ledger
 
 MAX_CHECKS_BODY = 256 * 1024
@@ -29,12 +27,7 @@ class ChecksController(Controller):
     async def check_many(
         self, request: Request[Any, Any, Any], ledger: Ledger, consistency: str | None = None, at: str | None = None
     ) -> ChecksOut:
-        try:
-            body = checks_decoder.decode(await request.body())
-        except msgspec.ValidationError as exc:
-            raise UnprocessableRequest(str(exc)) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+        body = decode_body(checks_decoder, await request.body())
         pairs = [(c.device_id, c.purpose) for c in body.checks]
         decisions = await ledger.decide(pairs, consistency, at)
         return ChecksOut([DecisionOut.of(d, r) for (d, _), r in zip(pairs, decisions, strict=True)])

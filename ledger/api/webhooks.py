@@ -3,18 +3,17 @@
 from typing import Any, TypeVar
 from uuid import UUID
 
-import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.exceptions import NotFoundException
 
 from ledger.api.guards import require
-from ledger.errors import InvalidRequest, UnprocessableRequest
 from ledger.models import (
     DeliveriesOut,
     SecretRotated,
     WebhookCreated,
     WebhookOut,
     WebhooksOut,
+    decode_body,
     webhook_decoder,
 )
 from ledger.service import Ledger
@@ -26,13 +25,7 @@ class WebhooksController(Controller):
 
     @post("/", request_max_body_size=16 * 1024)
     async def create(self, request: Request[Any, Any, Any], ledger: Ledger) -> WebhookCreated:
-        try:
-            body = webhook_decoder.decode(await request.body())
-        except msgspec.ValidationError as exc:
-            raise UnprocessableRequest(str(exc)) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
-        return await ledger.create_webhook(body)
+        return await ledger.create_webhook(decode_body(webhook_decoder, await request.body()))
 
     @get("/")
     async def list_all(self, ledger: Ledger) -> WebhooksOut:

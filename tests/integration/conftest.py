@@ -1,6 +1,7 @@
 """Fixtures for tests that go through a real `ledger serve` process."""
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,10 +23,17 @@ def key_file(tmp_path: Path) -> Path:
     return tmp_path / "signing.key"
 
 
+@contextmanager
+def ledger_server(database_url: str, tmp_path: Path, key_file: Path, **extra: str) -> Iterator[str]:
+    """A `ledger serve` on the test database, signing with the test key, with extra settings."""
+    env = server_env(database_url, tmp_path, LEDGER_SIGNING_KEY=str(key_file), LEDGER_LOG_ORIGIN=ORIGIN, **extra)
+    with running_server(env) as url:
+        yield url
+
+
 @pytest.fixture
 def base_url(database_url: str, tmp_path: Path, key_file: Path) -> Iterator[str]:
-    env = server_env(database_url, tmp_path, LEDGER_SIGNING_KEY=str(key_file), LEDGER_LOG_ORIGIN=ORIGIN)
-    with running_server(env) as url:
+    with ledger_server(database_url, tmp_path, key_file) as url:
         yield url
 
 

@@ -14,7 +14,7 @@ from ledger.core.proof import verify_inclusion
 from ledger.core.rfc6962 import leaf_hash
 from ledger.storage.postgres import Store
 
-from .conftest import ORIGIN, bearer, log_verifier
+from .conftest import ORIGIN, bearer, ledger_server, log_verifier
 from .server import ADMIN_TOKEN, running_server, server_env
 
 REGISTRY = """
@@ -38,15 +38,10 @@ ADMIN = bearer(ADMIN_TOKEN)
 @pytest.fixture
 def base_url(database_url: str, tmp_path: Path, key_file: Path) -> Iterator[str]:
     (tmp_path / "purposes.toml").write_text(REGISTRY)
-    env = server_env(
-        database_url,
-        tmp_path,
-        LEDGER_SIGNING_KEY=str(key_file),
-        LEDGER_LOG_ORIGIN=ORIGIN,
-        LEDGER_PURPOSES=str(tmp_path / "purposes.toml"),
-        LEDGER_CONSISTENCY_WAIT_MS="300",
-    )
-    with running_server(env) as url:
+    purposes = str(tmp_path / "purposes.toml")
+    with ledger_server(
+        database_url, tmp_path, key_file, LEDGER_PURPOSES=purposes, LEDGER_CONSISTENCY_WAIT_MS="300"
+    ) as url:
         yield url
 
 

@@ -29,9 +29,9 @@ from ledger.service import webhook_key
 from ledger.storage.postgres import Store, create_pool
 from ledger.webhooks import Dispatcher
 
-from .conftest import ORIGIN, bearer
+from .conftest import ORIGIN, bearer, ledger_server
 from .receiver import Receiver, Reply
-from .server import ADMIN_TOKEN, running_server, server_env
+from .server import ADMIN_TOKEN
 
 ADMIN = bearer(ADMIN_TOKEN)
 ROOT = Path(__file__).parents[2]
@@ -46,14 +46,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def base_url(database_url: str, tmp_path: Path, key_file: Path) -> Iterator[str]:
-    env = server_env(
-        database_url,
-        tmp_path,
-        LEDGER_SIGNING_KEY=str(key_file),
-        LEDGER_LOG_ORIGIN=ORIGIN,
-        LEDGER_WEBHOOK_ALLOW_PRIVATE="true",
-    )
-    with running_server(env) as url:
+    with ledger_server(database_url, tmp_path, key_file, LEDGER_WEBHOOK_ALLOW_PRIVATE="true") as url:
         yield url
 
 
@@ -187,8 +180,7 @@ async def test_webhooks_need_the_admin_scope(client: httpx.AsyncClient, tokens: 
 async def test_private_destinations_are_refused_without_the_override(
     database_url: str, tmp_path: Path, key_file: Path, receiver: Receiver
 ) -> None:
-    env = server_env(database_url, tmp_path, LEDGER_SIGNING_KEY=str(key_file), LEDGER_LOG_ORIGIN=ORIGIN)
-    with running_server(env) as url:
+    with ledger_server(database_url, tmp_path, key_file) as url:
         async with httpx.AsyncClient(base_url=url, headers=ADMIN) as c:
             for target in (receiver.url, "https://127.0.0.1/x", "https://[::1]/x", "https://169.254.169.254/x",
                            "https://localhost/x"):  # fmt: skip
