@@ -15,7 +15,7 @@ from ledger.api.checks import ChecksController, DevicesController, PurposesContr
 from ledger.api.consents import ConsentsController
 from ledger.api.fast_check import FastCheck
 from ledger.api.health import HealthController, prometheus
-from ledger.api.log import KeysController, LogController
+from ledger.api.log import ExportController, KeysController, LogController
 from ledger.api.problems import EXCEPTION_HANDLERS
 from ledger.api.webhooks import WebhooksController
 from ledger.service import Ledger
@@ -66,6 +66,7 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
             prometheus,
             KeysController,
             LogController,
+            ExportController,
             ConsentsController,
             ChecksController,
             DevicesController,

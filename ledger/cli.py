@@ -11,7 +11,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ledger import auth, embedded, keys, server
-from ledger.core.errors import LedgerError
+from ledger.core.errors import LedgerError, VerificationError
+from ledger.core.note import Verifier
 from ledger.errors import ConfigError
 from ledger.settings import Settings, unknown_variables
 from ledger.storage import migrations
@@ -121,6 +122,106 @@ def cmd_keygen(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _progress(what: str, done: int, total: int) -> None:
+    if sys.stderr.isatty() or done == total:
+        sys.stderr.write(f"\r\x1b[K{what}: {done:,} of {total:,}" + ("\n" if done == total else ""))
+        sys.stderr.flush()
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger import export
+    from ledger.core.entry import parse_time
+
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        raise ConfigError(f"--since/--until: {exc}") from None
+
+    async def run(store: Store) -> export.Plan:
+        p = await export.plan(store, args.start, args.end, since, until)
+        await export.write_directory(store, p, Path(args.out), _progress)
+        return p
+
+    with database(settings) as url:
+        p = asyncio.run(_with_store(url, run))
+    kind = "filtered, with inclusion proofs" if p.filtered else "the whole log"
+    files = [export.ENTRIES, export.CHECKPOINT, export.KEYS] + ([export.PROOFS] if p.filtered else [])
+    print(f"exported {p.entry_count:,} entries ({kind}) under a checkpoint of size {p.tree_size}")
+    print(f"to {args.out}: {', '.join(files)}")
+    return 0
+
+
+def _verifier(key: str) -> Verifier:
+    text = Path(key).read_text().strip() if Path(key).is_file() else key
+    try:
+        return Verifier.from_vkey(text)
+    except LedgerError as exc:
+        raise ConfigError(f"--key: not a verifier key ({exc})") from None
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                raise VerificationError(f"{path.name} line {number} does not end with a newline: the file was cut")
+            yield line[:-1]
+
+
+def cmd_verify(args: argparse.Namespace, _: Settings) -> int:
+    from ledger import export
+    from ledger.core.verify import verify_bundle
+
+    bundle = Path(args.bundle)
+    verifier = _verifier(args.key)
+    proofs = bundle / export.PROOFS
+    held = Path(args.previous_checkpoint).read_text() if args.previous_checkpoint else None
+
+    def progress(done: int) -> None:
+        if done % 100_000 == 0:
+            _progress("verified", done, done)
+
+    try:
+        report = verify_bundle(
+            _lines(bundle / export.ENTRIES),
+            (bundle / export.CHECKPOINT).read_text(),
+            [verifier],
+            _lines(proofs) if proofs.exists() else None,
+            held,
+            progress,
+        )
+    except FileNotFoundError as exc:
+        print(f"FAILED: {exc.filename} is missing from the bundle", file=sys.stderr)
+        return 1
+    except VerificationError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    cp = report.checkpoint
+    scope = (
+        "the whole log"
+        if report.full
+        else f"entries {report.first_index} to {(report.first_index or 0) + report.entries - 1}"
+    )
+    print(f"OK: {report.entries:,} entries ({scope}) verify against checkpoint {cp.origin} size {cp.size}")
+    if report.previous is not None:
+        print(f"OK: consistent with the held checkpoint of size {report.previous.size}")
+    elif report.full:
+        print("note: without --previous-checkpoint, truncation or rewriting before this checkpoint cannot be ruled out")
+    return 0
+
+
+def cmd_verify_receipt(args: argparse.Namespace, _: Settings) -> int:
+    from ledger.core.verify import verify_receipt
+
+    try:
+        entry = verify_receipt(Path(args.receipt).read_bytes(), [_verifier(args.key)])
+    except VerificationError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"OK: entry {entry.index} ({entry.action} {entry.purpose}, {entry.occurred_at}) is in the signed log")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ledger", description="Consent Ledger: a signed, append-only consent log.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -145,6 +246,25 @@ def parser() -> argparse.ArgumentParser:
     keygen = commands.add_parser("keygen", help="write a new Ed25519 signing key; prints its verifier key last")
     keygen.add_argument("--out", required=True)
     keygen.set_defaults(run=cmd_keygen)
+
+    export = commands.add_parser("export", help="write an audit bundle to a directory")
+    export.add_argument("--out", required=True)
+    export.add_argument("--start", type=int, help="first index")
+    export.add_argument("--end", type=int, help="one past the last index")
+    export.add_argument("--since", help="recorded at or after this RFC 3339 time")
+    export.add_argument("--until", help="recorded before this RFC 3339 time")
+    export.set_defaults(run=cmd_export)
+
+    verify = commands.add_parser("verify", help="verify an audit bundle offline; exit 0 only if all verifies")
+    verify.add_argument("bundle")
+    verify.add_argument("--key", required=True, help="the verifier key (or a file holding it)")
+    verify.add_argument("--previous-checkpoint", help="a checkpoint held from earlier, to rule out truncation")
+    verify.set_defaults(run=cmd_verify)
+
+    receipt = commands.add_parser("verify-receipt", help="verify one receipt offline")
+    receipt.add_argument("receipt")
+    receipt.add_argument("--key", required=True, help="the verifier key (or a file holding it)")
+    receipt.set_defaults(run=cmd_verify_receipt)
     return top
 
 

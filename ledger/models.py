@@ -6,6 +6,7 @@ import msgspec
 
 from ledger.core.decision import Decision
 from ledger.core.entry import Actor, DeviceId, Entry, Evidence, Method, PolicyVersion, PurposeKey
+from ledger.core.purposes import PurposeRecord
 from ledger.errors import InvalidRequest, UnprocessableRequest
 
 T = TypeVar("T")
@@ -151,3 +152,24 @@ class DeliveriesOut(msgspec.Struct, frozen=True):
 
 
 webhook_decoder = msgspec.json.Decoder(WebhookIn)
+
+
+class ConsentRecord(msgspec.Struct, frozen=True):
+    """A purpose's record for one person: what it is, and where their consent stands."""
+
+    record: PurposeRecord
+    allowed: bool
+    reason: str
+    policy_version: int | None
+    since: str | None
+    expires_at: str | None
+    index: int | None
+    collection_method: str | None
+
+
+class PersonalExport(msgspec.Struct, frozen=True):
+    device_id: str
+    subject: str
+    salt: str
+    entries: list[Receipt]
+    purposes: dict[str, ConsentRecord]

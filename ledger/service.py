@@ -21,7 +21,7 @@ from ledger.core.entry import format_time, is_device_id, parse_entry, parse_time
 from ledger.core.errors import ProofError
 from ledger.core.note import Signer, Verifier
 from ledger.core.proof import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
-from ledger.core.purposes import Registry
+from ledger.core.purposes import Registry, purpose_record
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import NodeId
 from ledger.core.webhooks import DestinationRefused, check_destination, new_secret
@@ -29,7 +29,9 @@ from ledger.errors import InvalidRequest, StorageError, UnprocessableRequest
 from ledger.models import (
     AttemptOut,
     ConsentIn,
+    ConsentRecord,
     DeliveryOut,
+    PersonalExport,
     Receipt,
     SecretRotated,
     WebhookCreated,
@@ -281,6 +283,28 @@ class Ledger:
             decisions.append(decide(purpose, self.registry.purposes[purpose], basis, at))
         metrics.count_decisions(decisions)
         return decisions
+
+    async def personal_export(self, device_id: str) -> PersonalExport | None:
+        """The person's own record: every entry proved against one checkpoint, the salt to
+        recompute the pseudonym, and per purpose its record of processing and current standing."""
+        check_device(device_id)
+        found = await self.store.subject_salt(device_id)
+        if found is None:
+            return None
+        subject, salt = found
+        receipts = await self.history(device_id)
+        now = format_time(datetime.now(UTC))
+        methods = {r.entry.index: r.entry.method for r in receipts}
+        purposes = {}
+        for key, purpose in self.registry.purposes.items():
+            basis = deciding(r.entry for r in receipts if r.entry.purpose == key)
+            d = decide(key, purpose, basis, now)
+            purposes[key] = ConsentRecord(
+                purpose_record(key, purpose, self.registry.controller),
+                d.allowed, d.reason, d.policy_version, d.since, d.expires_at, d.index,
+                None if d.index is None else methods[d.index],
+            )  # fmt: skip
+        return PersonalExport(device_id, subject, salt.hex(), receipts, purposes)
 
     async def history(self, device_id: str) -> list[Receipt]:
         check_device(device_id)

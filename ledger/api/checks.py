@@ -3,10 +3,19 @@
 from typing import Any
 
 from litestar import Controller, Request, get, post
+from litestar.exceptions import NotFoundException
 
 from ledger.api.guards import require
 from ledger.core.purposes import Registry
-from ledger.models import ChecksOut, DecisionOut, DeviceConsents, DeviceHistory, checks_decoder, decode_body
+from ledger.models import (
+    ChecksOut,
+    DecisionOut,
+    DeviceConsents,
+    DeviceHistory,
+    PersonalExport,
+    checks_decoder,
+    decode_body,
+)
 from ledger.service import Ledger
 
 MAX_CHECKS_BODY = 256 * 1024
@@ -43,6 +52,13 @@ class DevicesController(Controller):
         purposes = list(ledger.registry.purposes)
         decisions = await ledger.decide([(device_id, p) for p in purposes], consistency, at)
         return DeviceConsents(device_id, {d.purpose: DecisionOut.of(device_id, d) for d in decisions})
+
+    @get("/export", guards=[require("audit:read")])
+    async def personal_export(self, ledger: Ledger, device_id: str) -> PersonalExport:
+        record = await ledger.personal_export(device_id)
+        if record is None:
+            raise NotFoundException("the ledger holds no record for this device")
+        return record
 
     @get("/history", guards=[require("audit:read")])
     async def history(self, ledger: Ledger, device_id: str) -> DeviceHistory:

@@ -1,5 +1,6 @@
 """The public face of the log: keys, checkpoints, entries and proofs (CONTRACT section 3)."""
 
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -7,7 +8,10 @@ from litestar import Controller, get
 from litestar.params import Parameter
 from litestar.response import Response, Stream
 
+from ledger import export
 from ledger.api.guards import require
+from ledger.core.entry import parse_time
+from ledger.errors import UnprocessableRequest
 from ledger.service import Ledger
 
 NonNegative = Annotated[int, Parameter(ge=0)]
@@ -77,3 +81,33 @@ class LogController(Controller):
     ) -> ConsistencyOut:
         proof = await ledger.consistency(size1, size2)
         return ConsistencyOut(size1, size2, [h.hex() for h in proof])
+
+
+class ExportController(Controller):
+    path = "/v1/export"
+
+    @get("/", guards=[require("audit:read")])
+    async def export(
+        self,
+        ledger: Ledger,
+        start: Annotated[int | None, Parameter(ge=0)] = None,
+        end: Annotated[int | None, Parameter(ge=0)] = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> Stream:
+        plan = await export.plan(ledger.store, start, end, _time(since, "since"), _time(until, "until"))
+        name = f"consent-ledger-export-{plan.start}-{plan.end}-of-{plan.tree_size}.tar"
+        return Stream(
+            export.tar_stream(ledger.store, plan),
+            media_type="application/x-tar",
+            headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
+        )
+
+
+def _time(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise UnprocessableRequest(f"{name}: {exc}") from None

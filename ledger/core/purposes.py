@@ -21,8 +21,21 @@ class Purpose(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     max_age_days: Annotated[int, msgspec.Meta(ge=1, le=36_500)] | None = None
 
 
+class Controller(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Who decides the purposes: named in every record of processing and consent receipt."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    contact: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    policy_url: str | None = None
+
+
+# From the privacy statement (section 9).
+KUKU_AI = Controller(name="Kuku AI", contact="support@ssjtech.xyz")
+
+
 class Registry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     purposes: Annotated[dict[PurposeKey, Purpose], msgspec.Meta(min_length=1)]
+    controller: Controller = KUKU_AI
 
 
 BUILT_IN = Registry(
@@ -63,6 +76,44 @@ BUILT_IN = Registry(
         ),
     }
 )
+
+
+HOW_TO_WITHDRAW = (
+    "Withdraw at any time in the app's settings, or by writing to the controller; the withdrawal is "
+    "recorded in the signed log, every processor is told to stop and delete, and no other feature of "
+    "the app is affected."
+)
+
+
+class PurposeRecord(msgspec.Struct, frozen=True):
+    """One purpose as a record of processing: the fields of ISO/IEC 27560 and the Kantara consent
+    receipt that the registry can supply."""
+
+    purpose_id: str
+    title: str
+    description: str
+    controller: Controller
+    legal_basis: str
+    data_categories: list[str]
+    recipients: list[str]
+    min_policy_version: int
+    max_age_days: int | None
+    how_to_withdraw: str
+
+
+def purpose_record(key: str, purpose: Purpose, controller: Controller) -> PurposeRecord:
+    return PurposeRecord(
+        purpose_id=key,
+        title=purpose.title,
+        description=purpose.description,
+        controller=controller,
+        legal_basis=purpose.legal_basis,
+        data_categories=purpose.data_categories,
+        recipients=purpose.recipients,
+        min_policy_version=purpose.min_policy_version,
+        max_age_days=purpose.max_age_days,
+        how_to_withdraw=HOW_TO_WITHDRAW,
+    )
 
 
 def parse_registry(toml: bytes) -> Registry:

@@ -488,6 +488,40 @@ class Store:
             )
         return [(r["idx"], bytes(r["entry"])) for r in rows]
 
+    async def index_range(
+        self, start: int, end: int, since: datetime | None, until: datetime | None
+    ) -> tuple[int, int]:
+        """The indexes in [start, end) recorded in [since, until), as a range: recorded_at never goes
+        backwards along the log, so entries recorded in a time window are consecutive."""
+        with translated():
+            row = await self.pool.fetchrow(
+                """SELECT min(idx) AS first, max(idx) AS last FROM log_entries
+                   WHERE idx >= $1 AND idx < $2
+                     AND ($3::timestamptz IS NULL OR recorded_at >= $3)
+                     AND ($4::timestamptz IS NULL OR recorded_at < $4)""",
+                start,
+                end,
+                since,
+                until,
+            )
+        assert row is not None
+        return (start, start) if row["first"] is None else (row["first"], row["last"] + 1)
+
+    async def entries_size(self, start: int, end: int) -> int:
+        """Bytes of entries.ndjson for [start, end): every entry and its newline."""
+        with translated():
+            size = await self.pool.fetchval(
+                "SELECT coalesce(sum(octet_length(entry) + 1), 0) FROM log_entries WHERE idx >= $1 AND idx < $2",
+                start,
+                end,
+            )
+        return int(size)
+
+    async def subject_salt(self, device_id: str) -> tuple[str, bytes] | None:
+        with translated():
+            row = await self.pool.fetchrow("SELECT subject, salt FROM subjects WHERE device_id = $1", device_id)
+        return None if row is None else (row["subject"], bytes(row["salt"]))
+
     async def entry_at(self, idx: int) -> bytes | None:
         with translated():
             data = await self.pool.fetchval("SELECT entry FROM log_entries WHERE idx = $1", idx)
