@@ -173,3 +173,7 @@ class PersonalExport(msgspec.Struct, frozen=True):
     salt: str
     entries: list[Receipt]
     purposes: dict[str, ConsentRecord]
+
+
+class RecordOfProcessing(msgspec.Struct, frozen=True):
+    purposes: list[PurposeRecord]

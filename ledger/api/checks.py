@@ -2,17 +2,18 @@
 
 from typing import Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import NotFoundException
 
 from ledger.api.guards import require
-from ledger.core.purposes import Registry
+from ledger.core.purposes import Registry, purpose_record, records_csv
 from ledger.models import (
     ChecksOut,
     DecisionOut,
     DeviceConsents,
     DeviceHistory,
     PersonalExport,
+    RecordOfProcessing,
     checks_decoder,
     decode_body,
 )
@@ -71,3 +72,15 @@ class PurposesController(Controller):
     @get("/", guards=[require("consent:check")])
     async def purposes(self, ledger: Ledger) -> Registry:
         return ledger.registry
+
+    @get("/record", guards=[require("consent:check")])
+    async def record(self, request: Request[Any, Any, Any], ledger: Ledger) -> Response[Any]:
+        """The registry as a record of processing: JSON, or CSV when the client asks for it."""
+        records = [purpose_record(k, p, ledger.registry.controller) for k, p in ledger.registry.purposes.items()]
+        if "text/csv" in request.headers.get("accept", ""):
+            return Response(
+                records_csv(records),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": 'attachment; filename="record-of-processing.csv"'},
+            )
+        return Response(RecordOfProcessing(records))

@@ -73,6 +73,66 @@ def inclusion_proof(index: int, size: int, nodes: Mapping[NodeId, bytes]) -> lis
     return [range_hash(begin, end, nodes) for begin, end in inclusion_ranges(index, size)]
 
 
+def inclusion_proofs(indexes: Sequence[int], size: int, nodes: Mapping[NodeId, bytes]) -> list[list[bytes]]:
+    """Proofs for many leaves at once: neighbours share most of their path, so each range is
+    hashed once however many proofs it appears in."""
+    hashed: dict[Range, bytes] = {}
+
+    def hash_of(r: Range) -> bytes:
+        found = hashed.get(r)
+        if found is None:
+            found = hashed[r] = range_hash(r[0], r[1], nodes)
+        return found
+
+    return [[hash_of(r) for r in inclusion_ranges(i, size)] for i in indexes]
+
+
+def nodes_for_many(indexes: Sequence[int], size: int) -> list[NodeId]:
+    """The stored nodes that `inclusion_proofs(indexes, size, ...)` needs, each once."""
+    ranges = {r for i in indexes for r in inclusion_ranges(i, size)}
+    return list(dict.fromkeys(nodes_for(sorted(ranges))))
+
+
+class InclusionVerifier:
+    """Checks many inclusion proofs into one tree, sharing the work between neighbours.
+
+    Every range whose hash has been shown to lead to the root is remembered with the proof
+    elements above it. A later proof is settled as soon as its recomputed path meets such a
+    range with the same hash *and* its remaining elements equal the remembered ones, which is
+    exactly what recomputing the rest would have checked. Tampering anywhere still fails.
+    """
+
+    def __init__(self, size: int, root: bytes) -> None:
+        self.size = size
+        self.root = root
+        self._proven: dict[Range, tuple[bytes, tuple[bytes, ...]]] = {}
+
+    def verify(self, index: int, leaf_hash: bytes, proof: Sequence[bytes]) -> None:
+        ranges = inclusion_ranges(index, self.size)
+        if len(proof) != len(ranges):
+            raise ProofError(f"the proof has {len(proof)} hashes, a leaf at {index} needs {len(ranges)}")
+        _check_hashes(leaf_hash, *proof)
+        current: Range = (index, index + 1)
+        value = leaf_hash
+        path: list[tuple[Range, bytes, int]] = []
+        for k, (sibling, element) in enumerate(zip(ranges, proof, strict=True)):
+            known = self._proven.get(current)
+            if known is not None:
+                if known != (value, tuple(proof[k:])):
+                    raise ProofError("inclusion proof does not lead to the root")
+                break
+            path.append((current, value, k))
+            if sibling[0] < current[0]:
+                current, value = (sibling[0], current[1]), node_hash(element, value)
+            else:
+                current, value = (current[0], sibling[1]), node_hash(value, element)
+        else:
+            if not hmac.compare_digest(value, self.root):
+                raise ProofError("inclusion proof does not lead to the root")
+        for r, v, k in path:
+            self._proven[r] = (v, tuple(proof[k:]))
+
+
 def consistency_proof(size1: int, size2: int, nodes: Mapping[NodeId, bytes]) -> list[bytes]:
     return [range_hash(begin, end, nodes) for begin, end in consistency_ranges(size1, size2)]
 

@@ -4,6 +4,8 @@ The three built-in purposes come from the app's privacy statement (sections 2.1.
 LEDGER_PURPOSES replaces them with a TOML file of the same shape.
 """
 
+import csv
+import io
 from typing import Annotated
 
 import msgspec
@@ -114,6 +116,23 @@ def purpose_record(key: str, purpose: Purpose, controller: Controller) -> Purpos
         max_age_days=purpose.max_age_days,
         how_to_withdraw=HOW_TO_WITHDRAW,
     )
+
+
+def records_csv(records: list[PurposeRecord]) -> str:
+    """One row per purpose; list fields joined with '; '."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        ["purpose_id", "title", "description", "controller", "controller_contact", "legal_basis",
+         "data_categories", "recipients", "min_policy_version", "max_age_days", "how_to_withdraw"]
+    )  # fmt: skip
+    for r in records:
+        writer.writerow(
+            [r.purpose_id, r.title, r.description, r.controller.name, r.controller.contact, r.legal_basis,
+             "; ".join(r.data_categories), "; ".join(r.recipients), r.min_policy_version,
+             "" if r.max_age_days is None else r.max_age_days, r.how_to_withdraw]
+        )  # fmt: skip
+    return out.getvalue()
 
 
 def parse_registry(toml: bytes) -> Registry:

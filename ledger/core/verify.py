@@ -15,7 +15,7 @@ from ledger.core.checkpoint import Checkpoint, open_checkpoint
 from ledger.core.entry import Entry, entry_bytes, parse_entry
 from ledger.core.errors import EntryError, NoteError, ProofError, VerificationError
 from ledger.core.note import Verifier
-from ledger.core.proof import verify_inclusion
+from ledger.core.proof import InclusionVerifier, verify_inclusion
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import CompactRange
 
@@ -87,6 +87,7 @@ def verify_bundle(
         )
     tree = CompactRange()
     proof_lines = iter(proofs) if proofs is not None else None
+    inclusion = InclusionVerifier(checkpoint.size, checkpoint.root)
     count, first, expected = 0, None, None
     for position, data in enumerate(entries):
         entry = _entry(position, data)
@@ -107,7 +108,7 @@ def verify_bundle(
                     f"the entries up to index {held.size - 1} do not match the held checkpoint: history was rewritten"
                 )
         else:
-            _check_proof(entry, hashed, next(proof_lines, None), checkpoint)
+            _check_proof(entry, hashed, next(proof_lines, None), checkpoint, inclusion)
         count += 1
         expected = entry.index + 1
         if on_progress is not None:
@@ -122,7 +123,9 @@ def verify_bundle(
     return Report(checkpoint, count, first, proof_lines is None, held)
 
 
-def _check_proof(entry: Entry, hashed: bytes, line: bytes | None, checkpoint: Checkpoint) -> None:
+def _check_proof(
+    entry: Entry, hashed: bytes, line: bytes | None, checkpoint: Checkpoint, inclusion: InclusionVerifier
+) -> None:
     where = f"entry {entry.index}"
     if line is None:
         raise VerificationError(f"{where} has no inclusion proof")
@@ -134,7 +137,7 @@ def _check_proof(entry: Entry, hashed: bytes, line: bytes | None, checkpoint: Ch
     if proof.index != entry.index or proof.tree_size != checkpoint.size:
         raise VerificationError(f"{where}: its proof is for index {proof.index} in a tree of {proof.tree_size}")
     try:
-        verify_inclusion(entry.index, checkpoint.size, hashed, path, checkpoint.root)
+        inclusion.verify(entry.index, hashed, path)
     except ProofError as exc:
         raise VerificationError(f"{where}: {exc}: the entry or the proof was altered") from None
 

@@ -1,5 +1,6 @@
 """Audit exports through the CLI and the API, verified offline by `ledger verify`."""
 
+import csv
 import hashlib
 import hmac
 import io
@@ -191,3 +192,17 @@ async def test_the_persons_own_record(client: httpx.AsyncClient, tokens: dict[st
     assert (await client.get("/v1/devices/nobody/export", headers=ADMIN)).status_code == 404
     assert (await client.get("/v1/devices/me-1/export", headers=bearer(tokens["consent:check"]))).status_code == 403
     assert ORIGIN in body["entries"][0]["checkpoint"]
+
+
+async def test_the_record_of_processing_as_json_and_csv(client: httpx.AsyncClient, tokens: dict[str, str]) -> None:
+    headers = bearer(tokens["consent:check"])
+    records = (await client.get("/v1/purposes/record", headers=headers)).json()["purposes"]
+    assert [r["purpose_id"] for r in records] == ["pixverse_sharing", "cross_border_transfer", "telemetry"]
+    assert records[0]["controller"]["name"] == "Kuku AI"
+    assert "PixVerse" in records[0]["recipients"][0]
+    response = await client.get("/v1/purposes/record", headers={**headers, "Accept": "text/csv"})
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert [r["purpose_id"] for r in rows] == ["pixverse_sharing", "cross_border_transfer", "telemetry"]
+    assert rows[2]["data_categories"] == "device identifiers; app usage; crash and error events"
+    assert (await client.get("/v1/purposes/record")).status_code == 401

@@ -258,3 +258,57 @@ def test_out_of_range_requests_are_refused() -> None:
             root_from_inclusion_proof(index, size, SOME_HASH, [])
     with pytest.raises(ProofError):
         consistency_nodes(6, 5)
+
+
+def test_batch_proofs_equal_single_proofs() -> None:
+    from ledger.core.proof import inclusion_proofs, nodes_for_many
+
+    for size in (1, 2, 7, 64, 300):
+        indexes = list(range(size))
+        needed = nodes_for_many(indexes, size)
+        assert set(needed) <= set(MODEL_NODES)
+        assert inclusion_proofs(indexes, size, MODEL_NODES) == [inclusion_proof(i, size, MODEL_NODES) for i in indexes]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 150), st.randoms())
+def test_the_shared_work_verifier_accepts_exactly_what_verify_inclusion_accepts(size: int, rnd) -> None:  # type: ignore[no-untyped-def]
+    from ledger.core.proof import InclusionVerifier
+
+    root = MODEL_ROOTS[size - 1]
+    order = list(range(size))
+    rnd.shuffle(order)
+    verifier = InclusionVerifier(size, root)
+    for index in order:
+        verifier.verify(index, leaf_hash(MODEL_LEAVES[index]), inclusion_proof(index, size, MODEL_NODES))
+    # After every honest proof is known, each corruption must still fail.
+    index = rnd.randrange(size)
+    proof = inclusion_proof(index, size, MODEL_NODES)
+    leaf = leaf_hash(MODEL_LEAVES[index])
+    for k in range(len(proof)):
+        bad = [*proof[:k], _flip(proof[k]), *proof[k + 1 :]]
+        with pytest.raises(ProofError):
+            verifier.verify(index, leaf, bad)
+    with pytest.raises(ProofError):
+        verifier.verify(index, SOME_HASH, proof)
+    with pytest.raises(ProofError):
+        verifier.verify(index, leaf, [*proof, SOME_HASH])
+
+
+@pytest.mark.parametrize(("index", "size"), [(0, 8), (5, 8), (2, 3), (13, 300), (299, 300)])
+def test_the_shared_work_verifier_refuses_the_corrupted_probes(index: int, size: int) -> None:
+    from ledger.core.proof import InclusionVerifier
+
+    leaf, root = leaf_hash(MODEL_LEAVES[index]), MODEL_ROOTS[size - 1]
+    proof = inclusion_proof(index, size, MODEL_NODES)
+    for desc, probe_index, probe_size, probe_leaf, probe_proof, probe_root in corrupted_inclusion(
+        index, size, leaf, proof, root
+    ):
+        if probe_size != size or probe_root != root or not 0 <= probe_index < size:
+            continue  # the verifier is for one tree; other sizes and roots are other verifiers
+        fresh, warm = InclusionVerifier(size, root), InclusionVerifier(size, root)
+        for other in range(size):
+            if other != probe_index:
+                warm.verify(other, leaf_hash(MODEL_LEAVES[other]), inclusion_proof(other, size, MODEL_NODES))
+        for verifier in (fresh, warm):
+            assert_refused(verifier.verify, (probe_index, probe_leaf, probe_proof), desc)
