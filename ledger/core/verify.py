@@ -131,13 +131,12 @@ def _check_proof(
         raise VerificationError(f"{where} has no inclusion proof")
     try:
         proof = _proof_line.decode(line)
-        path = [bytes.fromhex(h) for h in proof.proof]
-    except (msgspec.DecodeError, ValueError):
+    except msgspec.DecodeError:
         raise VerificationError(f"{where}: malformed proof line") from None
     if proof.index != entry.index or proof.tree_size != checkpoint.size:
         raise VerificationError(f"{where}: its proof is for index {proof.index} in a tree of {proof.tree_size}")
     try:
-        inclusion.verify(entry.index, hashed, path)
+        inclusion.verify(entry.index, hashed, proof.proof)
     except ProofError as exc:
         raise VerificationError(f"{where}: {exc}: the entry or the proof was altered") from None
 
