@@ -7,14 +7,14 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ledger import auth, embedded, keys, server
 from ledger.core.errors import LedgerError, VerificationError
 from ledger.core.note import Verifier
 from ledger.errors import ConfigError
-from ledger.settings import Settings, unknown_variables
+from ledger.settings import Settings, load_registry, unknown_variables
 from ledger.storage import migrations
 from ledger.storage.postgres import Store, create_pool
 
@@ -56,8 +56,36 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["LEDGER_DATABASE_URL"] = url
         os.environ["LEDGER_SIGNING_KEY"] = str(settings.signing_key_path)
         log.info("serving on http://%s:%d with %d worker(s)", args.host, args.port, workers)
-        server.run("ledger.app:create_app", host=args.host, port=args.port, workers=workers)
+        reload_registry = registry_snapshot(settings)
+        reload_registry()
+        server.run("ledger.app:create_app", host=args.host, port=args.port, workers=workers, on_reload=reload_registry)
     return 0
+
+
+def registry_snapshot(settings: Settings) -> Callable[[], None]:
+    """Workers read the purpose registry from a snapshot this process writes after checking the
+    file named by LEDGER_PURPOSES, at start and on every SIGHUP. A file that does not parse is
+    reported and the registry in force stays: a typo must not take the service down."""
+    source = settings.purposes
+    snapshot = settings.data_dir / "purposes.in-force.toml"
+
+    def refresh() -> None:
+        if source is None:
+            return
+        try:
+            load_registry(source)
+            data = source.read_bytes()
+        except (ConfigError, OSError) as exc:
+            log.error("%s; keeping the purpose registry in force", exc)
+            return
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        partial = snapshot.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(snapshot)
+        os.environ["LEDGER_PURPOSES"] = str(snapshot)
+        log.info("purpose registry from %s in force", source)
+
+    return refresh
 
 
 def prepare_metrics_dir(settings: Settings) -> None:

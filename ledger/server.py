@@ -5,19 +5,31 @@ benchmarks/check.py (see README); the other stays available for that comparison.
 """
 
 import sys
+from collections.abc import Callable
 from typing import Literal
 
 Server = Literal["granian", "uvicorn"]
 DEFAULT: Server = "granian"
 
 
-def run(target: str, *, host: str, port: int, workers: int, server: Server = DEFAULT) -> None:
-    """Serve the app factory `target` ("module:function") until SIGINT or SIGTERM."""
+def run(
+    target: str,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    server: Server = DEFAULT,
+    on_reload: Callable[[], None] | None = None,
+) -> None:
+    """Serve the app factory `target` ("module:function") until SIGINT or SIGTERM.
+
+    Under granian, SIGHUP starts new workers one at a time and stops each old one only after its
+    replacement runs (no downtime); `on_reload` runs in this process first."""
     if server == "granian":
         from granian import Granian
         from granian.constants import Interfaces, Loops
 
-        Granian(
+        granian = Granian(
             target,
             factory=True,
             interface=Interfaces.ASGI,
@@ -26,7 +38,10 @@ def run(target: str, *, host: str, port: int, workers: int, server: Server = DEF
             workers=workers,
             loop=Loops.uvloop,
             log_access=False,
-        ).serve()
+        )
+        if on_reload is not None:
+            granian.on_reload(on_reload)
+        granian.serve()
     else:
         import uvicorn
 

@@ -203,6 +203,16 @@ class Ledger:
             expires = _time(request.expires_at, "expires_at")
             if expires <= now:
                 raise UnprocessableRequest("expires_at must be after now")
+        if request.action == "grant" and request.evidence.get("age_band") == "minor":
+            # The privacy statement (section 5): minors only with a guardian's consent.
+            if request.actor != "guardian":
+                raise UnprocessableRequest(
+                    "a grant for a minor (evidence.age_band=minor) must be given with actor=guardian"
+                )
+            if not request.evidence.get("guardian_verification", "").strip():
+                raise UnprocessableRequest(
+                    "a grant for a minor needs evidence.guardian_verification: how the guardian was verified"
+                )
         if request.action == "grant" and request.policy_version < purpose.min_policy_version:
             raise UnprocessableRequest(
                 f"policy_version {request.policy_version} is below {request.purpose}'s min_policy_version "

@@ -21,8 +21,14 @@ def free_port() -> int:
         return port
 
 
+class Base(str):
+    """The server's base URL, which also knows the server's process id (for signals)."""
+
+    pid: int
+
+
 @contextmanager
-def running_server(env: dict[str, str], workers: int = 1, timeout: float = 60) -> Iterator[str]:
+def running_server(env: dict[str, str], workers: int = 1, timeout: float = 60) -> Iterator[Base]:
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     full_env.update({"LEDGER_ADMIN_TOKEN": ADMIN_TOKEN, **env})
@@ -33,7 +39,8 @@ def running_server(env: dict[str, str], workers: int = 1, timeout: float = 60) -
         stderr=subprocess.STDOUT,
         text=True,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = Base(f"http://127.0.0.1:{port}")
+    base.pid = proc.pid
     deadline = time.monotonic() + timeout
     try:
         while True:

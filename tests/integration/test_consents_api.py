@@ -146,6 +146,23 @@ async def test_reconsent_required_after_the_statement_changes(
             assert again["reason"] == "granted"
 
 
+async def test_minors_only_with_a_verified_guardian(client: httpx.AsyncClient) -> None:
+    refused = await client.post("/v1/consents", json=consent("kid-1", evidence={"age_band": "minor"}))
+    assert refused.status_code == 422
+    assert "guardian" in refused.json()["detail"]
+    evidence = {"age_band": "minor", "guardian_verification": "id-document-check"}
+    granted = await client.post("/v1/consents", json=consent("kid-1", actor="guardian", evidence=evidence))
+    assert granted.status_code == 201
+    assert granted.json()["entry"]["actor"] == "guardian"
+    # Anyone may withdraw a minor's consent.
+    withdrawn = await client.post(
+        "/v1/consents", json=consent("kid-1", action="withdraw", evidence={"age_band": "minor"})
+    )
+    assert withdrawn.status_code == 201
+    adult = await client.post("/v1/consents", json=consent("adult-1", evidence={"age_band": "adult"}))
+    assert adult.status_code == 201
+
+
 async def test_a_retry_with_the_same_key_returns_the_first_receipt(client: httpx.AsyncClient, store: Store) -> None:
     headers = {"Idempotency-Key": "popup-click-7f3a"}
     first = await client.post("/v1/consents", json=consent("d4"), headers=headers)
@@ -205,6 +222,19 @@ BAD_REQUESTS: list[tuple[str, object, dict[str, str], int]] = [
     ("body over 16 KiB", {**consent(), "evidence": {"k": "v" * 20_000}}, {}, 413),
     ("Idempotency-Key too long", consent(), {"Idempotency-Key": "k" * 129}, 400),
     ("Idempotency-Key with a space", consent(), {"Idempotency-Key": "a b"}, 400),
+    ("a minor's grant by the user", consent(evidence={"age_band": "minor"}), {}, 422),
+    (
+        "a minor's grant without guardian verification",
+        consent(actor="guardian", evidence={"age_band": "minor"}),
+        {},
+        422,
+    ),
+    (
+        "a minor's grant with blank guardian verification",
+        consent(actor="guardian", evidence={"age_band": "minor", "guardian_verification": " "}),
+        {},
+        422,
+    ),
 ]
 
 
