@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from ledger.core.proof import inclusion_proofs, inclusion_ranges, nodes_for_many
+from ledger.core.proof import ManyProofs, inclusion_ranges
 from ledger.core.verify import ProofLine
 from ledger.errors import InvalidRequest, StorageError
 from ledger.storage.postgres import Store
@@ -79,8 +79,8 @@ async def proof_lines(store: Store, p: Plan) -> AsyncIterator[bytes]:
     """proofs.ndjson, a page at a time, each page's nodes fetched in one query."""
     for page in range(p.start, min(p.end, p.tree_size), PAGE):
         indexes = range(page, min(page + PAGE, p.end))
-        nodes = await store.nodes(nodes_for_many(indexes, p.tree_size))
-        proofs = inclusion_proofs(indexes, p.tree_size, nodes)
+        many = ManyProofs(indexes, p.tree_size)
+        proofs = many.proofs(await store.nodes(many.nodes()))
         yield b"".join(
             _encode(ProofLine(i, p.tree_size, [h.hex() for h in proof])) + b"\n"
             for i, proof in zip(indexes, proofs, strict=True)

@@ -22,7 +22,7 @@ def inclusion_ranges(index: int, size: int) -> list[Range]:
     ranges: list[Range] = []
     begin, end = 0, size
     while end - begin > 1:
-        middle = begin + split_point(end - begin)
+        middle = begin + (1 << ((end - begin - 1).bit_length() - 1))  # split_point, inlined: hot
         if index < middle:
             ranges.append((middle, end))
             end = middle
@@ -73,24 +73,33 @@ def inclusion_proof(index: int, size: int, nodes: Mapping[NodeId, bytes]) -> lis
     return [range_hash(begin, end, nodes) for begin, end in inclusion_ranges(index, size)]
 
 
-def inclusion_proofs(indexes: Sequence[int], size: int, nodes: Mapping[NodeId, bytes]) -> list[list[bytes]]:
-    """Proofs for many leaves at once: neighbours share most of their path, so each range is
-    hashed once however many proofs it appears in."""
-    hashed: dict[Range, bytes] = {}
+class ManyProofs:
+    """Inclusion proofs for many leaves of one tree: which nodes they need, then the proofs.
 
-    def hash_of(r: Range) -> bytes:
-        found = hashed.get(r)
-        if found is None:
-            found = hashed[r] = range_hash(r[0], r[1], nodes)
-        return found
+    Neighbours share most of their path, so each range is worked out and hashed once however
+    many proofs it appears in."""
 
-    return [[hash_of(r) for r in inclusion_ranges(i, size)] for i in indexes]
+    def __init__(self, indexes: Sequence[int], size: int) -> None:
+        self.indexes = indexes
+        self.size = size
+        self.ranges = [inclusion_ranges(i, size) for i in indexes]
 
+    def nodes(self) -> list[NodeId]:
+        distinct = {r for ranges in self.ranges for r in ranges}
+        return list(dict.fromkeys(nodes_for(sorted(distinct))))
 
-def nodes_for_many(indexes: Sequence[int], size: int) -> list[NodeId]:
-    """The stored nodes that `inclusion_proofs(indexes, size, ...)` needs, each once."""
-    ranges = {r for i in indexes for r in inclusion_ranges(i, size)}
-    return list(dict.fromkeys(nodes_for(sorted(ranges))))
+    def proofs(self, nodes: Mapping[NodeId, bytes]) -> list[list[bytes]]:
+        hashed: dict[Range, bytes] = {}
+        proofs = []
+        for ranges in self.ranges:
+            proof = []
+            for r in ranges:
+                found = hashed.get(r)
+                if found is None:
+                    found = hashed[r] = range_hash(r[0], r[1], nodes)
+                proof.append(found)
+            proofs.append(proof)
+        return proofs
 
 
 class InclusionVerifier:

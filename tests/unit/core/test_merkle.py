@@ -261,13 +261,13 @@ def test_out_of_range_requests_are_refused() -> None:
 
 
 def test_batch_proofs_equal_single_proofs() -> None:
-    from ledger.core.proof import inclusion_proofs, nodes_for_many
+    from ledger.core.proof import ManyProofs
 
     for size in (1, 2, 7, 64, 300):
-        indexes = list(range(size))
-        needed = nodes_for_many(indexes, size)
-        assert set(needed) <= set(MODEL_NODES)
-        assert inclusion_proofs(indexes, size, MODEL_NODES) == [inclusion_proof(i, size, MODEL_NODES) for i in indexes]
+        for indexes in (list(range(size)), list(range(size // 3, size))):
+            many = ManyProofs(indexes, size)
+            needed = {n: MODEL_NODES[n] for n in many.nodes()}
+            assert many.proofs(needed) == [inclusion_proof(i, size, MODEL_NODES) for i in indexes]
 
 
 @settings(max_examples=40, deadline=None)
