@@ -52,6 +52,11 @@ class _Pending(NamedTuple):
     draft: Draft
     claim: Claim | None
     future: asyncio.Future[Outcome]
+    tombstone: bytes | None = None
+
+
+class UnknownDevice(StorageError):
+    """An erase for a device that has no subject (never recorded, or already erased)."""
 
 
 class Appender:
@@ -61,6 +66,7 @@ class Appender:
         self.origin = origin
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._held: _Pending | None = None
         self._tree: CompactRange | None = None
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -89,6 +95,17 @@ class Appender:
             await self._task
         self._task = None
 
+    async def erase(self, draft: Draft, tombstone: bytes) -> Sealed:
+        """Append an erase entry, alone in its batch, and crypto-shred its subject in the same
+        transaction. Raise UnknownDevice if the device has no subject."""
+        if not self.running:
+            raise StorageError("the appender is not running")
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(draft, None, future, tombstone))
+        outcome = await future
+        assert isinstance(outcome, Sealed)
+        return outcome
+
     async def append(self, draft: Draft, claim: Claim | None = None) -> Outcome:
         """Return once the draft's batch is durable (or the claim is found already recorded).
 
@@ -109,12 +126,21 @@ class Appender:
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = [self._held or await self._queue.get()]
+            self._held = None
+            # An erase goes alone: no later draft in its batch may be given the subject it shreds.
+            while batch[0].tombstone is None and len(batch) < self.max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item.tombstone is not None:
+                    self._held = item
+                    break
+                batch.append(item)
             live = [p for p in batch if not p.future.cancelled()]
             try:
-                outcomes = await self._commit(live) if live else []
+                if live and live[0].tombstone is not None:
+                    outcomes: list[Outcome | Exception] = [await self._commit_erase(live[0], live[0].tombstone)]
+                else:
+                    outcomes = await self._commit(live) if live else []
             except Exception as exc:
                 # The transaction rolled back as a whole: nobody in it was acknowledged.
                 self._tree = None
@@ -187,6 +213,24 @@ class Appender:
                     else IdempotencyConflict(f"Idempotency-Key {p.claim.key!r} was used for another request")
                 )
         return [o for o in outcomes if o is not None]
+
+    async def _commit_erase(self, pending: _Pending, tombstone: bytes) -> Outcome | Exception:
+        async with self.store.appending() as tx:
+            head = await tx.lock_head()
+            tree = await self._current_tree(tx, head)
+            subject = await tx.existing_subject(pending.draft.device_id)
+            if subject is None:
+                return UnknownDevice("the ledger holds no consent for this device")
+            batch = await self._write(tx, [pending.draft], tree, head, [subject])
+            await tx.erase(subject, tombstone)
+        self._tree = batch.tree
+        self.batches += 1
+        self.appended += 1
+        metrics.APPENDS.inc()
+        metrics.BATCH_SIZE.observe(1)
+        for listener in self.on_commit:
+            listener()
+        return batch.sealed[0]
 
     async def _current_tree(self, tx: AppendTransaction, head: Head | None) -> CompactRange:
         size, root = (head.size, head.root) if head else (0, EMPTY_ROOT)

@@ -33,3 +33,7 @@ class IdempotencyConflict(LedgerError):
 
 class UnprocessableRequest(LedgerError):
     """Well-formed, but not something the ledger can record or answer (unknown purpose, bad value)."""
+
+
+class NotFound(LedgerError):
+    """The thing asked for is not in the ledger."""

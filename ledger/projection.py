@@ -26,13 +26,15 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from ledger import metrics
-from ledger.core.decision import Basis
+from ledger.core.decision import ERASED, Basis
 from ledger.core.entry import parse_entry
 from ledger.errors import StorageError
 from ledger.storage.postgres import LOG_CHANNEL, TOKEN_CHANNEL, Store
 
 log = logging.getLogger("ledger.projection")
 MISSING: Final = object()
+# In the device cache: this device has no subject because it was erased (not: never consented).
+ERASED_DEVICE: Final = object()
 TAIL_PAGE = 2000
 
 
@@ -70,8 +72,10 @@ class Projection:
         max_staleness_ms: int,
         poll_interval: float | None = None,
         on_tokens_changed: "list[object] | None" = None,
+        tombstone: Callable[[str], bytes] | None = None,
     ) -> None:
         self.store = store
+        self.tombstone = tombstone
         self.url = database_url
         self.max_staleness = max_staleness_ms / 1000
         self.poll_interval = poll_interval or min(0.25, self.max_staleness / 4)
@@ -135,6 +139,8 @@ class Projection:
         subject = self._subjects.lookup(device_id)
         if subject is None or subject is MISSING:
             return subject
+        if subject is ERASED_DEVICE:
+            return ERASED
         return self._states.lookup((subject, purpose))
 
     async def lookup(self, pairs: Sequence[tuple[str, str]]) -> list[Basis | None]:
@@ -145,8 +151,8 @@ class Projection:
         missing: list[int] = []
         for i, (device, purpose) in enumerate(pairs):
             subject = self._subjects.lookup(device)
-            if subject is None:
-                results.append(None)
+            if subject is None or subject is ERASED_DEVICE:
+                results.append(None if subject is None else ERASED)
                 continue
             state = MISSING if subject is MISSING else self._states.lookup((subject, purpose))
             if state is MISSING:
@@ -156,12 +162,14 @@ class Projection:
         metrics.count_lookups(len(pairs) - len(missing), len(missing))
         if missing:
             self.misses += len(missing)
-            rows, snapshot = await self.store.states([pairs[i] for i in missing])
+            wanted = [pairs[i] for i in missing]
+            stones = [self.tombstone(device) for device, _ in wanted] if self.tombstone else None
+            rows, snapshot = await self.store.states(wanted, stones)
             cacheable = snapshot >= self.applied
             for i, row in zip(missing, rows, strict=True):
-                results[i] = row.basis
+                results[i] = ERASED if row.erased else row.basis
                 if cacheable:
-                    self._subjects.put(row.device_id, row.subject)
+                    self._subjects.put(row.device_id, ERASED_DEVICE if row.erased else row.subject)
                     if row.subject is not None:
                         self._states.put((row.subject, row.purpose), row.basis)
         return results  # type: ignore[return-value]
@@ -228,10 +236,21 @@ class Projection:
         self.caught_up_at = max(self.caught_up_at, looked_at)
         metrics.observe_projection(self.applied, head, self.staleness(), self.size())
 
+    def _forget(self, subject: str) -> None:
+        """Drop everything cached under an erased subject. The device row is already gone, so
+        the device is found by its cached subject; erasures are rare enough for a scan."""
+        for key in [k for k in self._states if isinstance(k, tuple) and k[0] == subject]:
+            del self._states[key]
+        for device in [d for d, s in self._subjects.items() if s == subject]:
+            del self._subjects[device]
+
     def _apply(self, idx: int, data: bytes, device_id: str | None) -> None:
         entry = parse_entry(data)
-        if device_id is not None and self._subjects.get(device_id, MISSING) is None:
-            # A device we cached as "never seen" has its first entry: it has a subject now.
+        if entry.action == "erase":
+            self._forget(entry.subject)
+            return
+        if device_id is not None and self._subjects.get(device_id, MISSING) in (None, ERASED_DEVICE):
+            # A device cached as "never seen" or "erased" has a new entry: it has a subject now.
             self._subjects[device_id] = entry.subject
         key = (entry.subject, entry.purpose)
         cached = self._states.get(key, MISSING)

@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import hmac
 import socket
 import time
 import uuid
@@ -14,10 +15,10 @@ import msgspec
 from nacl.signing import SigningKey
 
 from ledger import auth, metrics
-from ledger.appender import Appender, Claim, Replayed
+from ledger.appender import Appender, Claim, Replayed, UnknownDevice
 from ledger.core.batch import Draft, Sealed
-from ledger.core.decision import Decision, decide, deciding
-from ledger.core.entry import format_time, is_device_id, parse_entry, parse_time
+from ledger.core.decision import ERASED, Decision, decide, deciding
+from ledger.core.entry import ALL_PURPOSES, format_time, is_device_id, parse_entry, parse_time
 from ledger.core.errors import ProofError
 from ledger.core.note import Signer, Verifier
 from ledger.core.proof import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
@@ -25,7 +26,7 @@ from ledger.core.purposes import Registry, purpose_record
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import NodeId
 from ledger.core.webhooks import DestinationRefused, check_destination, new_secret
-from ledger.errors import InvalidRequest, StorageError, UnprocessableRequest
+from ledger.errors import InvalidRequest, NotFound, StorageError, UnprocessableRequest
 from ledger.models import (
     AttemptOut,
     ConsentIn,
@@ -55,6 +56,7 @@ TOKEN_CACHE_SECONDS = 5.0
 TOKEN_CACHE_LIMIT = 10_000
 # After a rotation the old secret keeps signing for this long, so receivers can switch over.
 SECRET_OVERLAP = timedelta(hours=24)
+TOMBSTONE_LABEL = "consent-ledger tombstones v1"
 
 NodesFor = Callable[[int, int], list[NodeId]]
 BuildProof = Callable[[int, int, Mapping[NodeId, bytes]], list[bytes]]
@@ -99,6 +101,7 @@ class Ledger:
         self.signer = signer
         self.projection = projection
         self.dispatcher = dispatcher
+        self.tombstone = tombstone_hasher(settings, signer)
         self.webhook_verifier = Verifier(f"{signer.name}/webhooks", bytes(webhook_key(signer).verify_key))
         self._seen = 0
         self._tokens: dict[bytes, tuple[TokenRecord, float]] = {}
@@ -115,7 +118,11 @@ class Ledger:
             appender = Appender(store, signer, settings.log_origin)
             await appender.start()
             projection = Projection(
-                store, database_url, cache_size=settings.cache_size, max_staleness_ms=settings.max_staleness_ms
+                store,
+                database_url,
+                cache_size=settings.cache_size,
+                max_staleness_ms=settings.max_staleness_ms,
+                tombstone=tombstone_hasher(settings, signer),
             )
             await projection.start()
             key = webhook_key(signer)
@@ -284,15 +291,40 @@ class Ledger:
         return decisions
 
     async def _decide_at(self, pairs: Sequence[tuple[str, str]], at: str) -> list[Decision]:
-        """As of `at`, from the log itself: the entries recorded by then decide."""
+        """As of `at`, from the log itself: the entries recorded by then decide. An erased device
+        is `erased` at any time: nothing links it to its old entries any more."""
         decisions = []
         for device_id, purpose in pairs:
             subject = await self.store.subject_of(device_id)
+            if subject is None and await self.store.is_erased(self.tombstone(device_id)):
+                decisions.append(decide(purpose, self.registry.purposes[purpose], ERASED, at))
+                continue
             history = [] if subject is None else await self.store.history(subject, purpose)
             basis = deciding((parse_entry(data) for _, data in history), as_of=at)
             decisions.append(decide(purpose, self.registry.purposes[purpose], basis, at))
         metrics.count_decisions(decisions)
         return decisions
+
+    async def erase(self, device_id: str) -> Receipt:
+        """Append an erase entry for the device's subject and crypto-shred it (salt, device_id,
+        state, and whatever else names the device), keeping only the keyed tombstone."""
+        check_device(device_id)
+        draft = Draft(
+            id=str(uuid.uuid4()),
+            device_id=device_id,
+            purpose=ALL_PURPOSES,
+            action="erase",
+            policy_version=1,
+            occurred_at=format_time(datetime.now(UTC)),
+            actor="operator",
+            method="support_request",
+            evidence={},
+        )
+        try:
+            sealed = await self.appender.erase(draft, self.tombstone(device_id))
+        except UnknownDevice:
+            raise NotFound("the ledger holds no consent for this device (never recorded, or already erased)") from None
+        return self.receipt(device_id, sealed)
 
     async def personal_export(self, device_id: str) -> PersonalExport | None:
         """The person's own record: every entry proved against one checkpoint, the salt to
@@ -459,6 +491,16 @@ async def check_webhook_url(url: str, allow_private: bool) -> None:
         check_destination(parts.scheme, [str(i[4][0]) for i in infos], allow_private)
     except DestinationRefused as exc:
         raise UnprocessableRequest(f"url: {exc}") from None
+
+
+def tombstone_hasher(settings: Settings, signer: Signer) -> Callable[[str], bytes]:
+    """HMAC-SHA256 of a device_id under LEDGER_TOMBSTONE_KEY, or a key derived from the log's."""
+    key = settings.tombstone_key.encode() if settings.tombstone_key else bytes(signer.derive(TOMBSTONE_LABEL))
+
+    def tombstone(device_id: str) -> bytes:
+        return hmac.new(key, device_id.encode(), hashlib.sha256).digest()
+
+    return tombstone
 
 
 def webhook_key(signer: Signer) -> SigningKey:

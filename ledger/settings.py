@@ -85,6 +85,13 @@ def _text(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    value = _text(env, name)
+    if value is not None and len(value) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(f"{name}: must be at least {MIN_ADMIN_TOKEN_LENGTH} characters")
+    return value
+
+
 def _name(env: Mapping[str, str], name: str, value: str) -> str:
     # Origins and key names end up in signed notes: one printable line, no spaces or '+'.
     if any(c.isspace() or c == "+" for c in value) or not value.isprintable():
@@ -121,7 +128,7 @@ def parse(env: Mapping[str, str]) -> Settings:
         cache_size=_integer(env, "LEDGER_CACHE_SIZE", 100_000, 0, 100_000_000),
         workers=_integer(env, "LEDGER_WORKERS", 1, 1, 256),
         webhook_allow_private=_boolean(env, "LEDGER_WEBHOOK_ALLOW_PRIVATE"),
-        tombstone_key=_text(env, "LEDGER_TOMBSTONE_KEY"),
+        tombstone_key=_secret(env, "LEDGER_TOMBSTONE_KEY"),
     )
 
 

@@ -13,6 +13,7 @@ from ledger.models import (
     DeviceConsents,
     DeviceHistory,
     PersonalExport,
+    Receipt,
     RecordOfProcessing,
     checks_decoder,
     decode_body,
@@ -60,6 +61,10 @@ class DevicesController(Controller):
         if record is None:
             raise NotFoundException("the ledger holds no record for this device")
         return record
+
+    @post("/erase", guards=[require("admin")], status_code=201)
+    async def erase(self, ledger: Ledger, device_id: str) -> Receipt:
+        return await ledger.erase(device_id)
 
     @get("/history", guards=[require("audit:read")])
     async def history(self, ledger: Ledger, device_id: str) -> DeviceHistory:

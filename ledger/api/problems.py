@@ -8,7 +8,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from ledger.errors import IdempotencyConflict, InvalidRequest, StorageError, UnprocessableRequest
+from ledger.errors import IdempotencyConflict, InvalidRequest, NotFound, StorageError, UnprocessableRequest
 from ledger.projection import Stale
 from ledger.service import ConsistencyTimeout
 
@@ -41,6 +41,10 @@ def _invalid(_: Request[Any, Any, Any], exc: InvalidRequest) -> Response[Any]:
 
 def _unprocessable(_: Request[Any, Any, Any], exc: UnprocessableRequest) -> Response[Any]:
     return problem(422, "unprocessable", str(exc))
+
+
+def _not_found(_: Request[Any, Any, Any], exc: NotFound) -> Response[Any]:
+    return problem(404, "not-found", str(exc))
 
 
 def _conflict(_: Request[Any, Any, Any], exc: IdempotencyConflict) -> Response[Any]:
@@ -80,6 +84,7 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     InvalidRequest: _invalid,
     UnprocessableRequest: _unprocessable,
     IdempotencyConflict: _conflict,
+    NotFound: _not_found,
     Stale: _stale,
     ConsistencyTimeout: _consistency,
     ValidationException: _validation,

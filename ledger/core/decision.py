@@ -34,6 +34,11 @@ class Basis(msgspec.Struct, frozen=True, gc=False):
         return other is None or (self.occurred_at, self.index) > (other.occurred_at, other.index)
 
 
+# The deciding entry for a device that was erased. Its answer names no entry, time or version:
+# any of them would point at the erase entry, and so at the device's old subject.
+ERASED = Basis(-1, "erase", 0, "", None)
+
+
 class Decision(msgspec.Struct, frozen=True, gc=False):
     purpose: str
     allowed: bool
@@ -76,7 +81,7 @@ def decide(purpose_key: str, purpose: Purpose, basis: Basis | None, now: str | C
         return Decision(purpose_key, False, reason, basis.policy_version, basis.occurred_at, expires_at, basis.index)
 
     if basis.action == "erase":
-        return refuse("erased")
+        return Decision(purpose_key, False, "erased", None, None, None, None)
     if basis.action != "grant":
         return refuse("withdrawn")
     if basis.policy_version < purpose.min_policy_version:

@@ -25,7 +25,10 @@ EvidenceKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 EvidenceValue = Annotated[str, msgspec.Meta(max_length=256)]
 Evidence = Annotated[dict[EvidenceKey, EvidenceValue], msgspec.Meta(max_length=16)]
 
-Action = Literal["grant", "withdraw"]
+Action = Literal["grant", "withdraw", "erase"]
+# An erase entry covers every purpose of its subject.
+ALL_PURPOSES = "*"
+EntryPurpose = Annotated[str, msgspec.Meta(pattern=r"^(\*|[a-z][a-z0-9_]{0,63})$")]
 Actor = Literal["user", "guardian", "operator"]
 Method = Literal["explicit_popup", "settings", "gpc", "support_request", "api"]
 
@@ -39,7 +42,7 @@ class Entry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     id: EntryId
     index: Annotated[int, msgspec.Meta(ge=0)]
     subject: Subject
-    purpose: PurposeKey
+    purpose: EntryPurpose
     action: Action
     policy_version: PolicyVersion
     occurred_at: Timestamp

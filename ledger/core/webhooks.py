@@ -132,6 +132,7 @@ class Delivery(NamedTuple):
     idx: int
     event_type: str
     payload: bytes
+    subject: str | None = None  # set for consent events, so erasure can find them
 
 
 def build_deliveries(
@@ -171,7 +172,7 @@ def build_deliveries(
             sequence=sequences[key] - in_batch[key] + seen[key],
         )
         payload = event_body(Event(event_type, entry.recorded_at, data))
-        deliveries += [Delivery(_msg_id(), s.id, entry.index, event_type, payload) for s in wanting]
+        deliveries += [Delivery(_msg_id(), s.id, entry.index, event_type, payload, entry.subject) for s in wanting]
     checkpoint_payload = event_body(
         Event(
             "log.checkpoint",

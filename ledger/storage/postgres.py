@@ -158,12 +158,14 @@ def _subscription(r: asyncpg.Record) -> SubscriptionRecord:
 
 
 class StateRow(NamedTuple):
-    """One looked-up (device, purpose): its subject (None: device never seen) and deciding entry."""
+    """One looked-up (device, purpose): its subject (None: no consent on record, or erased) and
+    deciding entry."""
 
     device_id: str
     purpose: str
     subject: str | None
     basis: Basis | None
+    erased: bool = False
 
 
 class TailRow(NamedTuple):
@@ -244,6 +246,35 @@ class AppendTransaction:
                 [subject_for(salt, device) for salt, device in zip(salts, wanted, strict=True)],
             )
         return {r["device_id"]: r["subject"] for r in rows}
+
+    async def existing_subject(self, device_id: str) -> str | None:
+        with translated():
+            subject: str | None = await self.conn.fetchval(
+                "SELECT subject FROM subjects WHERE device_id = $1", device_id
+            )
+        return subject
+
+    async def erase(self, subject: str, tombstone: bytes) -> None:
+        """Crypto-shred a subject, after its erase entry is written in this transaction: delete
+        the salt and device_id, its state, and everything else that names the device or could
+        tie it to the subject's entries; keep only the keyed tombstone."""
+        with translated():
+            await self.conn.execute(
+                """DELETE FROM idempotency_keys  -- their request hashes cover the device_id
+                   WHERE idx IN (SELECT idx FROM log_entries WHERE subject = $1)""",
+                subject,
+            )
+            await self.conn.execute(
+                """DELETE FROM webhook_attempts WHERE delivery_id IN
+                   (SELECT id FROM webhook_deliveries WHERE subject = $1)""",
+                subject,
+            )
+            await self.conn.execute("DELETE FROM webhook_deliveries WHERE subject = $1", subject)
+            await self.conn.execute("DELETE FROM consent_state WHERE subject = $1", subject)
+            await self.conn.execute("DELETE FROM subjects WHERE subject = $1", subject)
+            await self.conn.execute(
+                "INSERT INTO erased_devices (tombstone) VALUES ($1) ON CONFLICT DO NOTHING", tombstone
+            )
 
     async def claimed(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Claimed]:
         if not keys:
@@ -343,8 +374,10 @@ class AppendTransaction:
         if deliveries:
             await self.conn.copy_records_to_table(
                 "webhook_deliveries",
-                records=[(d.id, uuid.UUID(d.subscription_id), d.idx, d.event_type, d.payload) for d in deliveries],
-                columns=["id", "subscription_id", "idx", "event_type", "payload"],
+                records=[
+                    (d.id, uuid.UUID(d.subscription_id), d.idx, d.event_type, d.payload, d.subject) for d in deliveries
+                ],
+                columns=["id", "subscription_id", "idx", "event_type", "payload", "subject"],
             )
 
 
@@ -443,19 +476,28 @@ class Store:
             )
         return [TailRow(r["idx"], bytes(r["entry"]), r["device_id"]) for r in rows]
 
-    async def states(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[StateRow], int]:
-        """Current state of each (device, purpose) and the log size, read in one snapshot."""
+    async def states(
+        self, pairs: Sequence[tuple[str, str]], tombstones: Sequence[bytes] | None = None
+    ) -> tuple[list[StateRow], int]:
+        """Current state of each (device, purpose) and the log size, read in one snapshot.
+
+        `tombstones` are the devices' keyed hashes: a device with no subject but a tombstone
+        was erased."""
+        stones = list(tombstones) if tombstones is not None else [bytes(32)] * len(pairs)
         with translated():
             rows = await self.pool.fetch(
                 """SELECT q.device_id, q.purpose, s.subject, c.idx, c.action, c.policy_version,
-                          c.occurred_at, c.expires_at,
+                          c.occurred_at, c.expires_at, e.tombstone IS NOT NULL AS erased,
                           (SELECT tree_size FROM checkpoints ORDER BY tree_size DESC LIMIT 1) AS size
-                   FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(device_id, purpose, n)
+                   FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY
+                        AS q(device_id, purpose, tombstone, n)
                    LEFT JOIN subjects s ON s.device_id = q.device_id
                    LEFT JOIN consent_state c ON c.subject = s.subject AND c.purpose = q.purpose
+                   LEFT JOIN erased_devices e ON s.subject IS NULL AND e.tombstone = q.tombstone
                    ORDER BY q.n""",
                 [p[0] for p in pairs],
                 [p[1] for p in pairs],
+                stones,
             )
         size = int(rows[0]["size"] or 0) if rows else await self.log_size()
         return [
@@ -466,9 +508,15 @@ class Store:
                 None
                 if r["idx"] is None
                 else Basis(r["idx"], r["action"], r["policy_version"], r["occurred_at"], r["expires_at"]),
+                r["erased"],
             )
             for r in rows
         ], size
+
+    async def is_erased(self, tombstone: bytes) -> bool:
+        with translated():
+            found = await self.pool.fetchval("SELECT 1 FROM erased_devices WHERE tombstone = $1", tombstone)
+        return found is not None
 
     async def subject_of(self, device_id: str) -> str | None:
         with translated():

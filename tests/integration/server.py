@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,9 +23,13 @@ def free_port() -> int:
 
 
 class Base(str):
-    """The server's base URL, which also knows the server's process id (for signals)."""
+    """The server's base URL, which also knows the server's process id and its output."""
 
     pid: int
+    output_path: Path
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
 
 
 @contextmanager
@@ -32,15 +37,18 @@ def running_server(env: dict[str, str], workers: int = 1, timeout: float = 60) -
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     full_env.update({"LEDGER_ADMIN_TOKEN": ADMIN_TOKEN, **env})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ledger", "serve", "--port", str(port), "--workers", str(workers)],
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    output = Path(tempfile.mkstemp(prefix="ledger-serve-", suffix=".log")[1])
+    with open(output, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger", "serve", "--port", str(port), "--workers", str(workers)],
+            env=full_env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     base = Base(f"http://127.0.0.1:{port}")
     base.pid = proc.pid
+    base.output_path = output
     deadline = time.monotonic() + timeout
     try:
         while True:
