@@ -222,7 +222,8 @@ class Appender:
             if subject is None:
                 return UnknownDevice("the ledger holds no consent for this device")
             batch = await self._write(tx, [pending.draft], tree, head, [subject])
-            await tx.erase(subject, tombstone)
+            erased = batch.sealed[0].entry
+            await tx.erase(subject, tombstone, pending.draft.device_id, erased.recorded_at)
         self._tree = batch.tree
         self.batches += 1
         self.appended += 1

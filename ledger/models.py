@@ -89,12 +89,12 @@ consent_decoder = msgspec.json.Decoder(ConsentIn)
 checks_decoder = msgspec.json.Decoder(ChecksIn)
 
 
-WebhookEvent = Literal["consent.withdrawn", "consent.granted", "log.checkpoint"]
+WebhookEvent = Literal["consent.withdrawn", "consent.granted", "log.checkpoint", "subject.erased"]
 
 
 class WebhookIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
-    events: Annotated[list[WebhookEvent], msgspec.Meta(min_length=1, max_length=3)]
+    events: Annotated[list[WebhookEvent], msgspec.Meta(min_length=1, max_length=4)]
     purposes: list[PurposeKey] | None = None
     description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 

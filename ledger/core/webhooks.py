@@ -25,8 +25,10 @@ from ledger.core.checkpoint import Checkpoint
 from ledger.core.entry import Entry
 from ledger.core.errors import LedgerError
 
-EventType = Literal["consent.withdrawn", "consent.granted", "log.checkpoint"]
-EVENT_TYPES: tuple[str, ...] = ("consent.withdrawn", "consent.granted", "log.checkpoint")
+EventType = Literal["consent.withdrawn", "consent.granted", "log.checkpoint", "subject.erased"]
+EVENT_TYPES: tuple[str, ...] = ("consent.withdrawn", "consent.granted", "log.checkpoint", "subject.erased")
+# What an erasure event's stored payload becomes once delivered or given up: the device_id goes.
+REDACTED_ERASURE = b'{"type":"subject.erased","redacted":true}'
 SECRET_PREFIX = "whsec_"
 # Standard Webhooks' schedule: the first attempt at once, then after each failure.
 RETRY_DELAYS = (
@@ -92,10 +94,16 @@ class CheckpointEventData(msgspec.Struct, frozen=True):
     checkpoint: str
 
 
+class ErasureEventData(msgspec.Struct, frozen=True):
+    """Only the device: no subject, index or entry, which would tie the device to its old entries."""
+
+    device_id: str
+
+
 class Event(msgspec.Struct, frozen=True):
     type: str
     timestamp: str
-    data: ConsentEventData | CheckpointEventData
+    data: ConsentEventData | CheckpointEventData | ErasureEventData
 
 
 _encode = msgspec.json.Encoder().encode
@@ -186,6 +194,16 @@ def build_deliveries(
         if "log.checkpoint" in s.events
     ]
     return deliveries
+
+
+def erasure_deliveries(device_id: str, subscriptions: Sequence[Subscription], erased_at: str) -> list[Delivery]:
+    """`subject.erased` for every subscriber: stop processing and delete what you hold for the device.
+
+    Its log position is left out (-1): the erase entry's index would name the old subject."""
+    payload = event_body(Event("subject.erased", erased_at, ErasureEventData(device_id)))
+    return [
+        Delivery(_msg_id(), s.id, -1, "subject.erased", payload) for s in subscriptions if "subject.erased" in s.events
+    ]
 
 
 def _msg_id() -> str:

@@ -25,7 +25,7 @@ from ledger.core.decision import Basis
 from ledger.core.entry import Entry, subject_for
 from ledger.core.note import Verifier
 from ledger.core.tree import NodeId
-from ledger.core.webhooks import Delivery, Subscription
+from ledger.core.webhooks import REDACTED_ERASURE, Delivery, Subscription, erasure_deliveries
 from ledger.errors import AppendOnlyViolation, StorageError
 
 LOG_CHANNEL = "consent_ledger_log"
@@ -254,7 +254,7 @@ class AppendTransaction:
             )
         return subject
 
-    async def erase(self, subject: str, tombstone: bytes) -> None:
+    async def erase(self, subject: str, tombstone: bytes, device_id: str, erased_at: str) -> None:
         """Crypto-shred a subject, after its erase entry is written in this transaction: delete
         the salt and device_id, its state, and everything else that names the device or could
         tie it to the subject's entries; keep only the keyed tombstone."""
@@ -275,6 +275,7 @@ class AppendTransaction:
             await self.conn.execute(
                 "INSERT INTO erased_devices (tombstone) VALUES ($1) ON CONFLICT DO NOTHING", tombstone
             )
+            await self._enqueue(erasure_deliveries(device_id, await self._subscriptions(), erased_at))
 
     async def claimed(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Claimed]:
         if not keys:
@@ -625,9 +626,11 @@ class Store:
                 )
                 await conn.execute(
                     """UPDATE webhook_deliveries SET status = 'dead', last_error = 'subscription deleted',
-                              completed_at = now()
+                              completed_at = now(),
+                              payload = CASE WHEN event_type = 'subject.erased' THEN $2 ELSE payload END
                        WHERE subscription_id = $1 AND status = 'pending'""",
                     subscription_id,
+                    REDACTED_ERASURE,
                 )
         return status.endswith(" 1")
 
@@ -720,6 +723,13 @@ class Store:
                     latency_ms,
                     error,
                 )
+                # A settled erasure event keeps no device_id (see REDACTED_ERASURE).
+                if outcome != "retry":
+                    await conn.execute(
+                        "UPDATE webhook_deliveries SET payload = $2 WHERE id = $1 AND event_type = 'subject.erased'",
+                        delivery.id,
+                        REDACTED_ERASURE,
+                    )
                 if outcome == "delivered":
                     await conn.execute(
                         """UPDATE webhook_deliveries SET status = 'delivered', completed_at = now(),

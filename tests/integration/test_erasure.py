@@ -141,3 +141,38 @@ async def test_erasure_needs_admin_and_a_known_device(client: httpx.AsyncClient,
     assert response.headers["content-type"] == "application/problem+json"
     assert (await client.post("/v1/devices/bad%20id/erase", headers=ADMIN)).status_code == 422
     assert ORIGIN
+
+
+async def test_processors_are_told_and_the_told_device_id_is_not_kept(servers: tuple[Base, Base], store: Store) -> None:
+    import asyncio
+    import json
+
+    from standardwebhooks import Webhook
+
+    from .receiver import Receiver
+
+    a, _ = servers
+    receiver = Receiver().start()
+    try:
+        with httpx.Client(headers=ADMIN, timeout=10) as http:
+            hook = http.post(f"{a}/v1/webhooks", json={"url": receiver.url, "events": ["subject.erased"]}).json()
+            http.post(f"{a}/v1/consents", json=consent("told-1", "telemetry"))
+            assert http.post(f"{a}/v1/devices/told-1/erase").status_code == 201
+            [got] = await asyncio.to_thread(receiver.wait_for, 1, 10)
+            event = Webhook(hook["secret"]).verify(got.body, got.headers)
+            assert event["type"] == "subject.erased"
+            assert event["data"] == {"device_id": "told-1"}
+
+            async def settled() -> bool:
+                return bool(await store.pool.fetchval("SELECT bool_and(status = 'delivered') FROM webhook_deliveries"))
+
+            for _ in range(100):
+                if await settled():
+                    break
+                await asyncio.sleep(0.05)
+            assert await occurrences(store, "told-1") == []
+            listed = http.get(f"{a}/v1/webhooks/{hook['id']}/deliveries").json()["deliveries"]
+            assert [(d["event_type"], d["index"], d["status"]) for d in listed] == [("subject.erased", -1, "delivered")]
+            assert json.loads(got.body)["data"] == {"device_id": "told-1"}
+    finally:
+        receiver.stop()
