@@ -26,11 +26,13 @@ def handle_sigterm() -> None:
 
 def start(data_dir: Path) -> tuple[Any, str]:
     """Start (or join) the server in `data_dir`; return its handle and the server's URL."""
+    # pgserver asks platformdirs for a runtime directory when it is imported, which warns where
+    # XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp: expected, not a problem.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdirs")
     import pgserver  # imported here: it is heavy, and only embedded mode needs it
 
     # pgserver narrates every pg_ctl call at INFO; its warnings and errors still come through.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdirs")
 
     pgdata = data_dir / "postgres"
     try:
