@@ -21,7 +21,7 @@ from pathlib import Path
 
 import asyncpg
 
-from benchmarks.common import RESULTS, percentile, progress
+from benchmarks.common import RESULTS, percentile, progress, pyplot
 from ledger import embedded
 from ledger.appender import Appender
 from ledger.core.batch import Draft
@@ -136,11 +136,7 @@ async def measure_proofs(store: Store, size: int, count: int) -> dict[str, dict[
 
 
 def plot(results: dict, path: Path) -> None:  # type: ignore[type-arg]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     writers = [r["writers"] for r in results["appends"] if r["mode"] == "group commit"]
     for mode, colour in (("group commit", "tab:green"), ("one transaction per append", "tab:grey")):

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, percentile, progress
+from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, percentile, progress, pyplot
 from ledger import embedded
 from ledger.storage.migrations import migrate
 from ledger.storage.postgres import Store, create_pool
@@ -274,11 +274,7 @@ async def memory_per_decision(url: str, devices: int) -> float:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4.2))
     servers = [r["server"] for r in results["servers"]]
     x = range(len(servers))

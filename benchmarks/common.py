@@ -60,3 +60,13 @@ class Served:
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def pyplot():  # type: ignore[no-untyped-def]
+    """matplotlib's pyplot drawing to files (no screen here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.append import build_log, fresh_store
-from benchmarks.common import RESULTS, progress
+from benchmarks.common import RESULTS, progress, pyplot
 from ledger import embedded, export
 from ledger.core.note import Verifier
 from ledger.core.verify import verify_bundle
@@ -79,11 +79,7 @@ async def measure(server_url: str, size: int, filtered: int, tmp: Path) -> dict[
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
     names, values = list(results["rates"]), list(results["rates"].values())
     ax.barh(names, values, color=["tab:blue"] * 3 + ["tab:green"] * 2)

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, percentile, progress
+from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, percentile, progress, pyplot
 from ledger import embedded
 from ledger.appender import Appender
 from ledger.core.batch import Draft
@@ -111,11 +111,7 @@ def drain(env: dict[str, str], url: str, key_file: Path, receiver: Receiver, que
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     values = results["latency_ms"]
     ax.hist(values, bins=40, color="tab:green")

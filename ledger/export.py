@@ -108,21 +108,19 @@ ProgressFn = Callable[[str, int, int], None]
 async def write_directory(store: Store, p: Plan, out: Path, progress: ProgressFn | None = None) -> None:
     """The bundle as files in `out` (created if missing)."""
     out.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with open(out / ENTRIES, "wb") as f:
-        async for chunk in entry_lines(store, p):
-            f.write(chunk)
-            written += chunk.count(b"\n")
-            if progress:
-                progress("entries", written, p.entry_count)
-    if p.filtered:
+
+    async def write(name: str, chunks: AsyncIterator[bytes]) -> None:
         written = 0
-        with open(out / PROOFS, "wb") as f:
-            async for chunk in proof_lines(store, p):
+        with open(out / name, "wb") as f:
+            async for chunk in chunks:
                 f.write(chunk)
                 written += chunk.count(b"\n")
                 if progress:
-                    progress("proofs", written, p.entry_count)
+                    progress(name, written, p.entry_count)
+
+    await write(ENTRIES, entry_lines(store, p))
+    if p.filtered:
+        await write(PROOFS, proof_lines(store, p))
     elif (out / PROOFS).exists():
         (out / PROOFS).unlink()
     (out / CHECKPOINT).write_text(p.checkpoint)
