@@ -88,6 +88,9 @@ class Dispatcher:
                 raise
             except StorageError as exc:
                 log.warning("webhook dispatcher cannot reach the database: %s", exc)
+            except Exception:
+                # One bad delivery must not stop every subscription's deliveries.
+                log.exception("webhook dispatcher error; carrying on")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._doorbell.wait()
@@ -107,7 +110,8 @@ class Dispatcher:
                 error = f"HTTP {status}"
         except DestinationRefused as exc:
             error = f"destination refused: {exc}"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            # OSError: the name does not resolve (socket.gaierror) or the socket failed.
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         latency_ms = (time.perf_counter() - started) * 1000
         failing_for = None if delivery.failing_since is None else datetime.now(UTC) - delivery.failing_since

@@ -406,3 +406,34 @@ async def test_the_dispatcher_refuses_a_private_address_at_send_time(
     [delivery] = await store.deliveries(uuid.UUID(record.id))
     assert "destination refused" in (delivery.attempts[0].error or "")
     assert receiver.received == []
+
+
+async def test_a_host_that_does_not_resolve_fails_its_delivery_and_nothing_else(
+    store: Store, key_file: Path, receiver: Receiver
+) -> None:
+    signer = read_key_file(key_file)
+    await store.register_key(signer.verifier)
+    broken = await store.create_subscription(
+        "https://no-such-host.invalid/x", ["consent.withdrawn"], None, None, new_secret()
+    )
+    await store.create_subscription(receiver.url, ["consent.withdrawn"], None, None, new_secret())
+    appender = Appender(store, signer, ORIGIN)
+    await appender.start()
+    await appender.append(drafts(["unresolvable-1"])[0])
+    await appender.stop()
+    dispatcher = Dispatcher(store, webhook_key(signer), allow_private=True, poll_interval=0.05)
+    await dispatcher.start()
+    try:
+        await asyncio.to_thread(receiver.wait_for, 1, 10)
+
+        async def attempted() -> bool:
+            return any(d.attempts for d in await store.deliveries(uuid.UUID(broken.id)))
+
+        await wait_until(attempted)
+        assert dispatcher._task is not None
+        assert not dispatcher._task.done(), "the dispatcher kept running"
+    finally:
+        await dispatcher.stop()
+    [delivery] = await store.deliveries(uuid.UUID(broken.id))
+    assert delivery.status == "pending"
+    assert delivery.attempts[0].error
