@@ -103,9 +103,8 @@ class Dispatcher:
         retry_after = None
         error: str | None = None
         try:
-            response = await self._send(delivery)
-            status = response.status_code
-            retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
+            status, retry_header = await self._send(delivery)
+            retry_after = parse_retry_after(retry_header, datetime.now(UTC))
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
         except DestinationRefused as exc:
@@ -123,7 +122,9 @@ class Dispatcher:
         if step.outcome == "disabled":
             log.warning("webhook subscription %s disabled: %s", delivery.subscription_id, step.reason)
 
-    async def _send(self, delivery: ClaimedDelivery) -> httpx.Response:
+    async def _send(self, delivery: ClaimedDelivery) -> tuple[int, str | None]:
+        """POST the delivery; return the status and Retry-After. The body is never read: only the
+        status matters, and a receiver must not be able to make us hold a large answer."""
         url = httpx.URL(delivery.url)
         port = url.port or (443 if url.scheme == "https" else 80)
         infos = await asyncio.get_running_loop().getaddrinfo(url.host, port, type=socket.SOCK_STREAM)
@@ -140,4 +141,7 @@ class Dispatcher:
         }
         pinned = url.copy_with(host=addresses[0])
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-        return await self._client.post(pinned, content=delivery.payload, headers=headers, extensions=extensions)
+        async with self._client.stream(
+            "POST", pinned, content=delivery.payload, headers=headers, extensions=extensions
+        ) as response:
+            return response.status_code, response.headers.get("retry-after")
