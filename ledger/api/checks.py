@@ -4,7 +4,9 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, FromQuery
 
+from ledger.api.deps import LedgerDep
 from ledger.api.guards import require
 from ledger.core.purposes import Registry, purpose_record, records_csv
 from ledger.models import (
@@ -18,7 +20,6 @@ from ledger.models import (
     checks_decoder,
     decode_body,
 )
-from ledger.service import Ledger
 
 MAX_CHECKS_BODY = 256 * 1024
 
@@ -29,14 +30,23 @@ class ChecksController(Controller):
 
     @get("/")
     async def check(
-        self, ledger: Ledger, device_id: str, purpose: str, consistency: str | None = None, at: str | None = None
+        self,
+        ledger: LedgerDep,
+        device_id: FromQuery[str],
+        purpose: FromQuery[str],
+        consistency: FromQuery[str | None] = None,
+        at: FromQuery[str | None] = None,
     ) -> DecisionOut:
         [decision] = await ledger.decide([(device_id, purpose)], consistency, at)
         return DecisionOut.of(device_id, decision)
 
     @post("/", status_code=200, request_max_body_size=MAX_CHECKS_BODY)
     async def check_many(
-        self, request: Request[Any, Any, Any], ledger: Ledger, consistency: str | None = None, at: str | None = None
+        self,
+        request: Request[Any, Any, Any],
+        ledger: LedgerDep,
+        consistency: FromQuery[str | None] = None,
+        at: FromQuery[str | None] = None,
     ) -> ChecksOut:
         body = decode_body(checks_decoder, await request.body())
         pairs = [(c.device_id, c.purpose) for c in body.checks]
@@ -49,25 +59,29 @@ class DevicesController(Controller):
 
     @get("/consents", guards=[require("consent:check")])
     async def consents(
-        self, ledger: Ledger, device_id: str, consistency: str | None = None, at: str | None = None
+        self,
+        ledger: LedgerDep,
+        device_id: FromPath[str],
+        consistency: FromQuery[str | None] = None,
+        at: FromQuery[str | None] = None,
     ) -> DeviceConsents:
         purposes = list(ledger.registry.purposes)
         decisions = await ledger.decide([(device_id, p) for p in purposes], consistency, at)
         return DeviceConsents(device_id, {d.purpose: DecisionOut.of(device_id, d) for d in decisions})
 
     @get("/export", guards=[require("audit:read")])
-    async def personal_export(self, ledger: Ledger, device_id: str) -> PersonalExport:
+    async def personal_export(self, ledger: LedgerDep, device_id: FromPath[str]) -> PersonalExport:
         record = await ledger.personal_export(device_id)
         if record is None:
             raise NotFoundException("the ledger holds no record for this device")
         return record
 
     @post("/erase", guards=[require("admin")], status_code=201)
-    async def erase(self, ledger: Ledger, device_id: str) -> Receipt:
+    async def erase(self, ledger: LedgerDep, device_id: FromPath[str]) -> Receipt:
         return await ledger.erase(device_id)
 
     @get("/history", guards=[require("audit:read")])
-    async def history(self, ledger: Ledger, device_id: str) -> DeviceHistory:
+    async def history(self, ledger: LedgerDep, device_id: FromPath[str]) -> DeviceHistory:
         return DeviceHistory(device_id, await ledger.history(device_id))
 
 
@@ -75,11 +89,11 @@ class PurposesController(Controller):
     path = "/v1/purposes"
 
     @get("/", guards=[require("consent:check")])
-    async def purposes(self, ledger: Ledger) -> Registry:
+    async def purposes(self, ledger: LedgerDep) -> Registry:
         return ledger.registry
 
     @get("/record", guards=[require("consent:check")])
-    async def record(self, request: Request[Any, Any, Any], ledger: Ledger) -> Response[Any]:
+    async def record(self, request: Request[Any, Any, Any], ledger: LedgerDep) -> Response[Any]:
         """The registry as a record of processing: JSON, or CSV when the client asks for it."""
         records = [purpose_record(k, p, ledger.registry.controller) for k, p in ledger.registry.purposes.items()]
         if "text/csv" in request.headers.get("accept", ""):

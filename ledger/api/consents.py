@@ -6,9 +6,9 @@ import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.exceptions import ValidationException
 
+from ledger.api.deps import LedgerDep
 from ledger.api.guards import require
 from ledger.models import IdempotencyKey, Receipt
-from ledger.service import Ledger
 
 MAX_BODY = 16 * 1024
 
@@ -17,7 +17,7 @@ class ConsentsController(Controller):
     path = "/v1/consents"
 
     @post("/", guards=[require("consent:write")], request_max_body_size=MAX_BODY, status_code=201)
-    async def record(self, request: Request[Any, Any, Any], ledger: Ledger) -> Response[Receipt]:
+    async def record(self, request: Request[Any, Any, Any], ledger: LedgerDep) -> Response[Receipt]:
         key = request.headers.get("idempotency-key")
         if key is not None and not _valid_key(key):
             raise ValidationException("Idempotency-Key must be 1 to 128 visible ASCII characters")

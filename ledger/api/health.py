@@ -4,7 +4,7 @@ import msgspec
 from litestar import Controller, Response, get
 
 from ledger import metrics
-from ledger.service import Ledger
+from ledger.api.deps import LedgerDep
 
 
 class Health(msgspec.Struct):
@@ -19,7 +19,7 @@ class HealthController(Controller):
         return Health("ok")
 
     @get("/ready")
-    async def ready(self, ledger: Ledger) -> Response[Health]:
+    async def ready(self, ledger: LedgerDep) -> Response[Health]:
         if await ledger.ready():
             return Response(Health("ready"))
         return Response(Health("unavailable"), status_code=503, headers={"Retry-After": "1"})

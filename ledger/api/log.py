@@ -5,16 +5,16 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 from litestar.response import Response, Stream
 
 from ledger import export
+from ledger.api.deps import LedgerDep
 from ledger.api.guards import require
 from ledger.core.entry import parse_time
 from ledger.errors import UnprocessableRequest
-from ledger.service import Ledger
 
-NonNegative = Annotated[int, Parameter(ge=0)]
+NonNegative = Annotated[int, QueryParameter(ge=0)]
 
 
 class KeyOut(msgspec.Struct):
@@ -45,7 +45,7 @@ class KeysController(Controller):
     path = "/v1/keys"
 
     @get("/")
-    async def keys(self, ledger: Ledger) -> KeysOut:
+    async def keys(self, ledger: LedgerDep) -> KeysOut:
         return KeysOut([KeyOut(k.key_name, k.key_id, k.vkey, "ed25519", k.active) for k in await ledger.keys()])
 
 
@@ -53,12 +53,12 @@ class LogController(Controller):
     path = "/v1/log"
 
     @get("/checkpoint", media_type="text/plain")
-    async def checkpoint(self, ledger: Ledger) -> Response[str]:
+    async def checkpoint(self, ledger: LedgerDep) -> Response[str]:
         return Response(await ledger.checkpoint(), headers={"Cache-Control": "no-store"})
 
     @get("/entries", guards=[require("audit:read")])
     async def entries(
-        self, ledger: Ledger, start: NonNegative = 0, end: Annotated[int | None, Parameter(ge=0)] = None
+        self, ledger: LedgerDep, start: NonNegative = 0, end: Annotated[int | None, QueryParameter(ge=0)] = None
     ) -> Stream:
         first, last, lines = await ledger.entries(start, end)
         return Stream(
@@ -68,16 +68,16 @@ class LogController(Controller):
         )
 
     @get("/proof/inclusion", guards=[require("audit:read")])
-    async def inclusion(self, ledger: Ledger, index: NonNegative, tree_size: NonNegative) -> InclusionOut:
+    async def inclusion(self, ledger: LedgerDep, index: NonNegative, tree_size: NonNegative) -> InclusionOut:
         proof = await ledger.inclusion(index, tree_size)
         return InclusionOut(index, tree_size, [h.hex() for h in proof])
 
     @get("/proof/consistency", guards=[require("audit:read")])
     async def consistency(
         self,
-        ledger: Ledger,
-        size1: Annotated[int, Parameter(query="from", ge=0)],
-        size2: Annotated[int, Parameter(query="to", ge=0)],
+        ledger: LedgerDep,
+        size1: Annotated[int, QueryParameter(name="from", ge=0)],
+        size2: Annotated[int, QueryParameter(name="to", ge=0)],
     ) -> ConsistencyOut:
         proof = await ledger.consistency(size1, size2)
         return ConsistencyOut(size1, size2, [h.hex() for h in proof])
@@ -89,11 +89,11 @@ class ExportController(Controller):
     @get("/", guards=[require("audit:read")])
     async def export(
         self,
-        ledger: Ledger,
-        start: Annotated[int | None, Parameter(ge=0)] = None,
-        end: Annotated[int | None, Parameter(ge=0)] = None,
-        since: str | None = None,
-        until: str | None = None,
+        ledger: LedgerDep,
+        start: Annotated[int | None, QueryParameter(ge=0)] = None,
+        end: Annotated[int | None, QueryParameter(ge=0)] = None,
+        since: FromQuery[str | None] = None,
+        until: FromQuery[str | None] = None,
     ) -> Stream:
         plan = await export.plan(ledger.store, start, end, _time(since, "since"), _time(until, "until"))
         name = f"consent-ledger-export-{plan.start}-{plan.end}-of-{plan.tree_size}.tar"

@@ -5,7 +5,9 @@ from uuid import UUID
 
 from litestar import Controller, Request, delete, get, post
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 
+from ledger.api.deps import LedgerDep
 from ledger.api.guards import require
 from ledger.models import (
     DeliveriesOut,
@@ -16,7 +18,6 @@ from ledger.models import (
     decode_body,
     webhook_decoder,
 )
-from ledger.service import Ledger
 
 
 class WebhooksController(Controller):
@@ -24,33 +25,33 @@ class WebhooksController(Controller):
     guards = [require("admin")]  # noqa: RUF012 (litestar's layer attribute)
 
     @post("/", request_max_body_size=16 * 1024)
-    async def create(self, request: Request[Any, Any, Any], ledger: Ledger) -> WebhookCreated:
+    async def create(self, request: Request[Any, Any, Any], ledger: LedgerDep) -> WebhookCreated:
         return await ledger.create_webhook(decode_body(webhook_decoder, await request.body()))
 
     @get("/")
-    async def list_all(self, ledger: Ledger) -> WebhooksOut:
+    async def list_all(self, ledger: LedgerDep) -> WebhooksOut:
         return WebhooksOut(await ledger.webhooks())
 
     @get("/{webhook_id:uuid}")
-    async def one(self, ledger: Ledger, webhook_id: UUID) -> WebhookOut:
+    async def one(self, ledger: LedgerDep, webhook_id: FromPath[UUID]) -> WebhookOut:
         return _found(await ledger.webhook(webhook_id))
 
     @delete("/{webhook_id:uuid}")
-    async def remove(self, ledger: Ledger, webhook_id: UUID) -> None:
+    async def remove(self, ledger: LedgerDep, webhook_id: FromPath[UUID]) -> None:
         if not await ledger.store.delete_subscription(webhook_id):
             raise NotFoundException("no such webhook")
 
     @post("/{webhook_id:uuid}/rotate-secret", status_code=200)
-    async def rotate(self, ledger: Ledger, webhook_id: UUID) -> SecretRotated:
+    async def rotate(self, ledger: LedgerDep, webhook_id: FromPath[UUID]) -> SecretRotated:
         return _found(await ledger.rotate_webhook_secret(webhook_id))
 
     @get("/{webhook_id:uuid}/deliveries")
-    async def deliveries(self, ledger: Ledger, webhook_id: UUID) -> DeliveriesOut:
+    async def deliveries(self, ledger: LedgerDep, webhook_id: FromPath[UUID]) -> DeliveriesOut:
         _found(await ledger.webhook(webhook_id))
         return DeliveriesOut(await ledger.deliveries(webhook_id))
 
     @post("/{webhook_id:uuid}/deliveries/{delivery_id:str}/retry", status_code=202)
-    async def retry(self, ledger: Ledger, webhook_id: UUID, delivery_id: str) -> dict[str, str]:
+    async def retry(self, ledger: LedgerDep, webhook_id: FromPath[UUID], delivery_id: FromPath[str]) -> dict[str, str]:
         if not await ledger.store.retry_delivery(webhook_id, delivery_id):
             raise NotFoundException("no such delivery for this webhook")
         if ledger.dispatcher is not None:

@@ -1,0 +1,8 @@
+"""What handlers are given, declared once."""
+
+from litestar.di import NamedDependency
+
+from ledger.service import Ledger
+
+# Provided by create_litestar() from app.state; named, as Litestar 3 will require.
+LedgerDep = NamedDependency[Ledger]
