@@ -10,20 +10,24 @@ Idempotency keys are settled inside the batch, under the log lock: every writer 
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter as Tally
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 from ledger import metrics
-from ledger.core.batch import Draft, Sealed, SealedBatch, latest_per_key, seal_batch
+from ledger.core.batch import Committed, Draft, Sealed, SealedBatch, latest_per_key, seal_batch
 from ledger.core.entry import format_time
 from ledger.core.note import Signer
+from ledger.core.notice import changed_keys, encode_notices
 from ledger.core.rfc6962 import EMPTY_ROOT
 from ledger.core.tree import CompactRange, range_nodes
 from ledger.core.webhooks import Delivery, Subscription, build_deliveries
 from ledger.errors import IdempotencyConflict, LogCorrupted, StorageError
 from ledger.storage.postgres import AppendTransaction, EntryRow, Head, Store
+
+log = logging.getLogger("ledger.appender")
 
 
 class Claim(NamedTuple):
@@ -71,7 +75,8 @@ class Appender:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.appended = 0
-        self.on_commit: list[Callable[[], None]] = []
+        # Called after COMMIT returns and before any caller of the batch is woken.
+        self.on_commit: list[Callable[[Committed], None]] = []
 
     @property
     def running(self) -> bool:
@@ -192,13 +197,7 @@ class Appender:
                 [batch[i].claim for i in fresh],
             )
         # Only now, after COMMIT returned, is the batch durable and the new tree ours to extend.
-        self._tree = sealed.tree
-        self.batches += 1
-        self.appended += len(drafts)
-        metrics.APPENDS.inc(len(drafts))
-        metrics.BATCH_SIZE.observe(len(drafts))
-        for listener in self.on_commit:
-            listener()
+        self._committed(sealed, drafts)
         for i, result in zip(fresh, sealed.sealed, strict=True):
             outcomes[i] = result
         for i, p in enumerate(batch):
@@ -224,14 +223,24 @@ class Appender:
             batch = await self._write(tx, [pending.draft], tree, head, [subject])
             erased = batch.sealed[0].entry
             await tx.erase(subject, tombstone, pending.draft.device_id, erased.recorded_at)
+        self._committed(batch, [pending.draft])
+        return batch.sealed[0]
+
+    def _committed(self, batch: SealedBatch, drafts: list[Draft]) -> None:
+        """Adopt the new tree and tell the listeners, before any caller of the batch is woken."""
         self._tree = batch.tree
         self.batches += 1
-        self.appended += 1
-        metrics.APPENDS.inc()
-        metrics.BATCH_SIZE.observe(1)
+        self.appended += len(drafts)
+        metrics.APPENDS.inc(len(drafts))
+        metrics.BATCH_SIZE.observe(len(drafts))
+        entries = [(s.entry, d.device_id) for s, d in zip(batch.sealed, drafts, strict=True)]
+        committed = Committed(batch.sealed[0].entry.index, batch.checkpoint.size, entries)
         for listener in self.on_commit:
-            listener()
-        return batch.sealed[0]
+            try:
+                listener(committed)
+            except Exception:
+                # The batch is durable whatever a listener does; its callers get their receipts.
+                log.exception("a commit listener failed")
 
     async def _current_tree(self, tx: AppendTransaction, head: Head | None) -> CompactRange:
         size, root = (head.size, head.root) if head else (0, EMPTY_ROOT)
@@ -279,5 +288,6 @@ class Appender:
             claim_rows,
             Tally((s.entry.subject, s.entry.purpose) for s in batch.sealed),
             outbox,
+            encode_notices(tree.size, batch.checkpoint.size, changed_keys(s.entry for s in batch.sealed)),
         )
         return batch

@@ -63,6 +63,15 @@ STALENESS_SECONDS = Gauge(
     "Time since the slowest worker last confirmed its projection was current.",
     multiprocess_mode="livemax",
 )
+LOG_CORRUPTION = Counter(
+    "ledger_log_corruption_detected_total",
+    "Reads where the database contradicted the signed log (entry, nodes, checkpoint or state row).",
+    ["where"],
+)
+IMPOSSIBLE_STATE_ROWS = Counter(
+    "ledger_projection_impossible_rows_total",
+    "State rows refused because the log entry they name does not say what they say.",
+)
 CACHE_ENTRIES = Gauge("ledger_cache_entries", "Entries held in the decision caches.", multiprocess_mode="livesum")
 CACHE_LOOKUPS = Counter("ledger_cache_lookups_total", "Cache lookups, by result (hit or miss).", ["result"])
 for _result in ("hit", "miss"):

@@ -13,8 +13,22 @@ listener costs at most one interval. Each successful look at the head renews `ca
 when that is older than LEDGER_MAX_STALENESS_MS the projection is stale and checks fail closed.
 
 A cache miss reads the state table and the log size in one statement (one snapshot). The answer
-is cached only if that snapshot is not behind `applied`: otherwise the tailer may already have
-applied a newer entry for the key, and caching the older state would undo it.
+is cached only if that snapshot is not behind `horizon`, the furthest this cache has seen:
+otherwise a newer entry for the key may already be applied, and caching the older state would
+undo it.
+
+Three paths bring changes in, fastest first, and all may run in any order because applying an
+entry is a maximum (`Basis.supersedes`) and dropping a key only costs a miss:
+- the appender of this process applies its own batch before any caller gets a receipt of it,
+  so this process never answers from before its own acknowledgement (`apply_committed`);
+- a commit notice from any replica names the (subject, purpose) keys its batch changed, and
+  those are dropped from the cache on arrival (`_ring`), withdrawals and erasures first;
+- the tailer applies every entry in index order and is what `applied` and consistency tokens
+  rest on.
+
+A miss also checks the state row against the log entry it points at: a row that names an entry
+of another subject, purpose or action cannot have been written by the ledger, and is refused
+(`ImpossibleState`) instead of answered.
 """
 
 import asyncio
@@ -26,10 +40,13 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from ledger import metrics
+from ledger.core.batch import Committed
 from ledger.core.decision import ERASED, Basis
-from ledger.core.entry import parse_entry
-from ledger.errors import StorageError
-from ledger.storage.postgres import LOG_CHANNEL, TOKEN_CHANNEL, Store
+from ledger.core.entry import Entry, parse_entry
+from ledger.core.errors import EntryError
+from ledger.core.notice import decode_notice, is_erasure
+from ledger.errors import LogCorrupted, StorageError
+from ledger.storage.postgres import LOG_CHANNEL, TOKEN_CHANNEL, StateRow, Store
 
 log = logging.getLogger("ledger.projection")
 MISSING: Final = object()
@@ -62,6 +79,10 @@ class Stale(StorageError):
     """The projection cannot show it is within LEDGER_MAX_STALENESS_MS of the database."""
 
 
+class ImpossibleState(LogCorrupted):
+    """A state row that no sequence of log entries could have produced."""
+
+
 class Projection:
     def __init__(
         self,
@@ -80,11 +101,13 @@ class Projection:
         self.max_staleness = max_staleness_ms / 1000
         self.poll_interval = poll_interval or min(0.25, self.max_staleness / 4)
         self.applied = 0
+        # The furthest log size any path has brought into the cache (>= applied).
+        self.horizon = 0
         self.caught_up_at = 0.0
         self._subjects = _Lru(cache_size)
         self._states = _Lru(cache_size)
         self._doorbell = asyncio.Event()
-        self._advanced = asyncio.Condition()
+        self._advanced = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.token_listeners: list[object] = on_tokens_changed or []
         self.log_listeners: list[Callable[[str], None]] = []
@@ -96,7 +119,7 @@ class Projection:
 
     async def start(self) -> None:
         # An empty cache reflects any log size: start at the head, nothing to replay.
-        self.applied = await self.store.log_size()
+        self.applied = self.horizon = await self.store.log_size()
         self.caught_up_at = time.monotonic()
         self._tasks = [
             asyncio.create_task(self._listen(), name="ledger-listen"),
@@ -122,17 +145,31 @@ class Projection:
     def size(self) -> int:
         return len(self._states) + len(self._subjects)
 
+    def clear(self) -> None:
+        self._states.clear()
+        self._subjects.clear()
+
     async def wait_for(self, size: int, within: float) -> bool:
         """Wait until everything up to log size `size` is applied; False if `within` seconds pass first."""
         if self.applied >= size:
             return True
         self._doorbell.set()  # the writer's NOTIFY may not have reached us yet: look now
         try:
-            async with asyncio.timeout(within), self._advanced:
-                await self._advanced.wait_for(lambda: self.applied >= size)
+            async with asyncio.timeout(within):
+                while self.applied < size:
+                    await self._advanced.wait()
         except TimeoutError:
             return False
         return True
+
+    def _advance(self, size: int) -> None:
+        """Move `applied` on (never back) and wake whoever waits for it."""
+        if size <= self.applied:
+            return
+        self.applied = size
+        self.horizon = max(self.horizon, size)
+        woken, self._advanced = self._advanced, asyncio.Event()
+        woken.set()
 
     def peek(self, device_id: str, purpose: str) -> object:
         """The cached deciding entry (None included), or MISSING; never reads the database."""
@@ -165,18 +202,55 @@ class Projection:
             wanted = [pairs[i] for i in missing]
             stones = [self.tombstone(device) for device, _ in wanted] if self.tombstone else None
             rows, snapshot = await self.store.states(wanted, stones)
-            cacheable = snapshot >= self.applied
+            cacheable = snapshot >= self.horizon
             for i, row in zip(missing, rows, strict=True):
-                results[i] = ERASED if row.erased else row.basis
+                basis = checked_basis(row)
+                results[i] = ERASED if row.erased else basis
                 if cacheable:
                     self._subjects.put(row.device_id, ERASED_DEVICE if row.erased else row.subject)
                     if row.subject is not None:
-                        self._states.put((row.subject, row.purpose), row.basis)
+                        self._states.put((row.subject, row.purpose), basis)
         return results  # type: ignore[return-value]
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def apply_committed(self, batch: Committed) -> None:
+        """This process's own batch, applied before any of its receipts goes out.
+
+        Synchronous on purpose: between COMMIT returning and the callers being woken there is
+        no await, so no check in this process can run in between."""
+        self.horizon = max(self.horizon, batch.size)
+        try:
+            for entry, device_id in batch.entries:
+                if entry.action == "erase":
+                    self._forget(entry.subject)
+                    self._subjects.put(device_id, ERASED_DEVICE)
+                else:
+                    self._apply_entry(entry, device_id)
+        except Exception:
+            # Whatever went wrong, no cached answer may predate the batch: start from empty.
+            self.clear()
+            raise
+        if batch.start <= self.applied:
+            self._advance(batch.size)
+
+    def apply_replayed(self, entry: Entry, device_id: str, tree_size: int) -> None:
+        """An entry a retried request found already recorded, perhaps by another replica."""
+        self._apply_entry(entry, device_id)
+        self.horizon = max(self.horizon, tree_size)
 
     # -- tailing -----------------------------------------------------------------------------
 
     def _ring(self, payload: str) -> None:
+        notice = decode_notice(payload)
+        if notice is not None and notice.size > self.applied:
+            for key in notice.keys:
+                if is_erasure(key):
+                    self._forget(key.subject)
+                else:
+                    self._states.pop((key.subject, key.purpose), None)
+            # A miss that read the state table before this commit must not be cached after it.
+            self.horizon = max(self.horizon, notice.size)
         self._doorbell.set()
         for listener in self.log_listeners:
             listener(payload)
@@ -229,10 +303,8 @@ class Projection:
             for row in rows:
                 self._apply(row.idx, row.entry, row.device_id)
             # No await between applying and advancing: a lookup that compares its snapshot with
-            # `applied` must see exactly what the cache already reflects.
-            self.applied = rows[-1].idx + 1
-            async with self._advanced:
-                self._advanced.notify_all()
+            # `horizon` must see exactly what the cache already reflects.
+            self._advance(rows[-1].idx + 1)
         self.caught_up_at = max(self.caught_up_at, looked_at)
         metrics.observe_projection(self.applied, head, self.staleness(), self.size())
 
@@ -249,6 +321,9 @@ class Projection:
         if entry.action == "erase":
             self._forget(entry.subject)
             return
+        self._apply_entry(entry, device_id)
+
+    def _apply_entry(self, entry: Entry, device_id: str | None) -> None:
         if device_id is not None and self._subjects.get(device_id, MISSING) in (None, ERASED_DEVICE):
             # A device cached as "never seen" or "erased" has a new entry: it has a subject now.
             self._subjects[device_id] = entry.subject
@@ -259,3 +334,20 @@ class Projection:
         basis = Basis.of(entry)
         if basis.supersedes(cached):  # type: ignore[arg-type]
             self._states[key] = basis
+
+
+def checked_basis(row: StateRow) -> Basis | None:
+    """The row's deciding entry, refused unless the log entry it points at says the same."""
+    if row.basis is None:
+        return None
+    try:
+        entry = parse_entry(row.entry) if row.entry is not None else None
+    except EntryError:
+        entry = None
+    if entry is None or (entry.subject, entry.purpose) != (row.subject, row.purpose) or Basis.of(entry) != row.basis:
+        metrics.IMPOSSIBLE_STATE_ROWS.inc()
+        raise ImpossibleState(
+            f"the state row of subject {row.subject} purpose {row.purpose} names entry {row.basis.index}, "
+            "which the log does not hold for that subject, purpose and action"
+        )
+    return row.basis

@@ -16,17 +16,19 @@ from nacl.signing import SigningKey
 
 from ledger import auth, metrics
 from ledger.appender import Appender, Claim, Replayed, UnknownDevice
+from ledger.core import consistency
 from ledger.core.batch import Draft, Sealed
+from ledger.core.consistency import consistency_token
 from ledger.core.decision import ERASED, Decision, decide, deciding
-from ledger.core.entry import ALL_PURPOSES, format_time, is_device_id, parse_entry, parse_time
+from ledger.core.entry import ALL_PURPOSES, format_time, is_device_id, parse_time
 from ledger.core.errors import ProofError
 from ledger.core.note import Signer, Verifier
 from ledger.core.proof import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
 from ledger.core.purposes import Registry, purpose_record
-from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import NodeId
 from ledger.core.webhooks import DestinationRefused, check_destination, new_secret
-from ledger.errors import InvalidRequest, NotFound, StorageError, UnprocessableRequest
+from ledger.errors import InvalidRequest, LogCorrupted, NotFound, StorageError, UnprocessableRequest
+from ledger.integrity import Integrity, Proven, ProvenLog, SignedTree
 from ledger.models import (
     AttemptOut,
     ConsentIn,
@@ -49,7 +51,6 @@ from ledger.webhooks import Dispatcher
 
 ADMIN_TOKEN_NAME = "LEDGER_ADMIN_TOKEN"
 ENTRIES_PAGE = 1000
-CONSISTENCY_TOKEN_PREFIX = "ct1."
 # A device clock a little ahead is normal; an action dated further in the future is a bug or a lie.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 TOKEN_CACHE_SECONDS = 5.0
@@ -75,13 +76,10 @@ class ConsistencyTimeout(StorageError):
 
 
 def parse_consistency_token(token: str) -> int:
-    if not token.startswith(CONSISTENCY_TOKEN_PREFIX) or not token[len(CONSISTENCY_TOKEN_PREFIX) :].isdigit():
-        raise InvalidRequest(f"consistency={token!r} is not a consistency token from this service")
-    return int(token[len(CONSISTENCY_TOKEN_PREFIX) :])
-
-
-def consistency_token(size: int) -> str:
-    return f"{CONSISTENCY_TOKEN_PREFIX}{size}"
+    try:
+        return consistency.parse_consistency_token(token)
+    except consistency.BadToken as exc:
+        raise InvalidRequest(f"consistency={exc}") from None
 
 
 class Ledger:
@@ -103,6 +101,8 @@ class Ledger:
         self.dispatcher = dispatcher
         self.tombstone = tombstone_hasher(settings, signer)
         self.webhook_verifier = Verifier(f"{signer.name}/webhooks", bytes(webhook_key(signer).verify_key))
+        self.integrity = Integrity()
+        self.log = ProvenLog(store, [signer.verifier], self.integrity)
         self._seen = 0
         self._tokens: dict[bytes, tuple[TokenRecord, float]] = {}
         projection.token_listeners.append(self.forget_tokens)
@@ -129,7 +129,9 @@ class Ledger:
             await store.register_key(Verifier(f"{signer.name}/webhooks", bytes(key.verify_key)))
             dispatcher = Dispatcher(store, key, allow_private=settings.webhook_allow_private)
             projection.log_listeners.append(dispatcher.ring)
-            appender.on_commit.append(dispatcher.ring)
+            # The projection first: it must hold the batch before any receipt of it goes out.
+            appender.on_commit.append(projection.apply_committed)
+            appender.on_commit.append(lambda _: dispatcher.ring())
             await dispatcher.start()
         except BaseException:
             await store.pool.close()
@@ -154,7 +156,7 @@ class Ledger:
             await self.store.pool.fetchval("SELECT 1")
         except Exception:
             return False
-        return self.appender.running and self.projection.fresh()
+        return self.integrity.intact and self.appender.running and self.projection.fresh()
 
     async def authenticate(self, token: str) -> TokenRecord | None:
         presented = auth.token_hash(token)
@@ -193,7 +195,10 @@ class Ledger:
             claim = Claim(token_name, idempotency_key, hashlib.sha256(_canonical.encode(request)).digest())
         outcome = await self.appender.append(draft, claim)
         if isinstance(outcome, Replayed):
-            return await self.replayed_receipt(request.device_id, outcome), False
+            receipt = await self.replayed_receipt(request.device_id, outcome)
+            # The first attempt may have been recorded by another replica: hold it here too.
+            self.projection.apply_replayed(receipt.entry, request.device_id, outcome.tree_size)
+            return receipt, False
         return self.receipt(request.device_id, outcome), True
 
     def draft(self, request: ConsentIn, now: datetime) -> Draft:
@@ -253,15 +258,12 @@ class Ledger:
 
     async def replayed_receipt(self, device_id: str, replayed: Replayed) -> Receipt:
         """The first receipt again, rebuilt from the log: same entry, checkpoint and proof."""
-        return await self._receipt_at(device_id, replayed.entry_index, replayed.tree_size)
+        tree = await self.log.at_size(replayed.tree_size)
+        proven = await self.log.read([replayed.entry_index], tree)
+        return self._proven_receipt(device_id, proven[replayed.entry_index], tree)
 
-    async def _receipt_at(self, device_id: str, index: int, tree_size: int, note: str | None = None) -> Receipt:
-        data = await self.store.entry_at(index)
-        note = note or await self.store.checkpoint_note(tree_size)
-        if data is None or note is None:
-            raise StorageError(f"entry {index} or its checkpoint is missing")
-        proof = inclusion_proof(index, tree_size, await self.store.nodes(inclusion_nodes(index, tree_size)))
-        sealed = Sealed(parse_entry(data), data, leaf_hash(data), proof, note, tree_size)
+    def _proven_receipt(self, device_id: str, proven: Proven, tree: SignedTree) -> Receipt:
+        sealed = Sealed(proven.entry, proven.leaf, proven.leaf_hash, proven.proof, tree.note, tree.checkpoint.size)
         return self.receipt(device_id, sealed)
 
     # -- deciding ----------------------------------------------------------------------------
@@ -283,7 +285,10 @@ class Ledger:
             size = parse_consistency_token(consistency)
             if not await self.projection.wait_for(size, self.settings.consistency_wait_ms / 1000):
                 raise ConsistencyTimeout(f"this replica has not applied log size {size} yet")
-        bases = await self.projection.lookup(pairs)
+        try:
+            bases = await self.projection.lookup(pairs)
+        except LogCorrupted as exc:
+            raise self.integrity.corrupted(exc, "state") from None
         now = format_time(datetime.now(UTC))
         purposes = self.registry.purposes
         decisions = [decide(p, purposes[p], basis, now) for (_, p), basis in zip(pairs, bases, strict=True)]
@@ -291,17 +296,21 @@ class Ledger:
         return decisions
 
     async def _decide_at(self, pairs: Sequence[tuple[str, str]], at: str) -> list[Decision]:
-        """As of `at`, from the log itself: the entries recorded by then decide. An erased device
-        is `erased` at any time: nothing links it to its old entries any more."""
+        """As of `at`, from the log itself: the entries recorded by then decide, each proven
+        against the signed tree first. An erased device is `erased` at any time: nothing links
+        it to its old entries any more."""
+        tree = await self.log.head()
+        stones = [self.tombstone(device_id) for device_id, _ in pairs]
+        histories = await self.store.pair_histories(pairs, stones, tree.checkpoint.size)
+        proven = await self.log.prove(tree, {i: d for h in histories for i, d in h.entries.items()})
         decisions = []
-        for device_id, purpose in pairs:
-            subject = await self.store.subject_of(device_id)
-            if subject is None and await self.store.is_erased(self.tombstone(device_id)):
-                decisions.append(decide(purpose, self.registry.purposes[purpose], ERASED, at))
+        for (_, purpose), history in zip(pairs, histories, strict=True):
+            spec = self.registry.purposes[purpose]
+            if history.erased:
+                decisions.append(decide(purpose, spec, ERASED, at))
                 continue
-            history = [] if subject is None else await self.store.history(subject, purpose)
-            basis = deciding((parse_entry(data) for _, data in history), as_of=at)
-            decisions.append(decide(purpose, self.registry.purposes[purpose], basis, at))
+            basis = deciding((proven[i].entry for i in history.entries), as_of=at)
+            decisions.append(decide(purpose, spec, basis, at))
         metrics.count_decisions(decisions)
         return decisions
 
@@ -349,16 +358,14 @@ class Ledger:
         return PersonalExport(device_id, subject, salt.hex(), receipts, purposes)
 
     async def history(self, device_id: str) -> list[Receipt]:
+        """The device's receipts, oldest first, each proven against the latest checkpoint."""
         check_device(device_id)
         subject = await self.store.subject_of(device_id)
         if subject is None:
             return []
-        head = await self.store.head()
-        assert head is not None
-        return [
-            await self._receipt_at(device_id, index, head.size, head.note)
-            for index, _ in await self.store.history(subject)
-        ]
+        tree = await self.log.head()
+        proven = await self.log.prove(tree, await self.store.history(subject, tree.checkpoint.size))
+        return [self._proven_receipt(device_id, p, tree) for _, p in sorted(proven.items())]
 
     # -- webhooks ----------------------------------------------------------------------------
 

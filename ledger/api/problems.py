@@ -8,7 +8,14 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from ledger.errors import IdempotencyConflict, InvalidRequest, NotFound, StorageError, UnprocessableRequest
+from ledger.errors import (
+    IdempotencyConflict,
+    InvalidRequest,
+    LogCorrupted,
+    NotFound,
+    StorageError,
+    UnprocessableRequest,
+)
 from ledger.projection import Stale
 from ledger.service import ConsistencyTimeout
 
@@ -75,6 +82,12 @@ def _unavailable(_: Request[Any, Any, Any], exc: StorageError) -> Response[Any]:
     return problem(503, "unavailable", "the ledger's database is unavailable; retry later", {"Retry-After": "1"})
 
 
+def _corrupted(_: Request[Any, Any, Any], exc: LogCorrupted) -> Response[Any]:
+    # Never an answer built from what the signed log does not back; the finding is logged where
+    # it was made (ledger/integrity.py), and this process reports itself unready.
+    return problem(500, "log-corrupted", f"the stored log contradicts its signed checkpoints: {exc}")
+
+
 def _internal(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error", exc_info=exc)
     return problem(500, "internal-error", "an internal error occurred; nothing was changed by it")
@@ -89,6 +102,7 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     ConsistencyTimeout: _consistency,
     ValidationException: _validation,
     HTTPException: _http,
+    LogCorrupted: _corrupted,
     StorageError: _unavailable,
     Exception: _internal,
 }

@@ -50,6 +50,14 @@ class SealedBatch(NamedTuple):
     tree: CompactRange
 
 
+class Committed(NamedTuple):
+    """A batch once COMMIT returned: entries [start, size) with the device each was recorded for."""
+
+    start: int
+    size: int
+    entries: list[tuple[Entry, str]]
+
+
 def latest_per_key(entries: Sequence[Entry]) -> list[Entry]:
     """For each (subject, purpose), the entry that decides it among `entries`."""
     best: dict[tuple[str, str], Entry] = {}

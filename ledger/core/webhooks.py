@@ -22,6 +22,7 @@ import msgspec
 from nacl.signing import SigningKey
 
 from ledger.core.checkpoint import Checkpoint
+from ledger.core.consistency import consistency_token
 from ledger.core.entry import Entry
 from ledger.core.errors import LedgerError
 
@@ -85,6 +86,8 @@ class ConsentEventData(msgspec.Struct, frozen=True):
     occurred_at: str
     recorded_at: str
     sequence: int
+    # Ask any replica `GET /v1/check?consistency=<this>` to read at least this far.
+    consistency_token: str
 
 
 class CheckpointEventData(msgspec.Struct, frozen=True):
@@ -92,10 +95,12 @@ class CheckpointEventData(msgspec.Struct, frozen=True):
     tree_size: int
     root: str
     checkpoint: str
+    consistency_token: str
 
 
 class ErasureEventData(msgspec.Struct, frozen=True):
-    """Only the device: no subject, index or entry, which would tie the device to its old entries."""
+    """Only the device: no subject, index, entry or consistency token (which names the log size
+    just after the erase entry), any of which would tie the device to its old entries."""
 
     device_id: str
 
@@ -178,6 +183,7 @@ def build_deliveries(
             occurred_at=entry.occurred_at,
             recorded_at=entry.recorded_at,
             sequence=sequences[key] - in_batch[key] + seen[key],
+            consistency_token=consistency_token(checkpoint.size),
         )
         payload = event_body(Event(event_type, entry.recorded_at, data))
         deliveries += [Delivery(_msg_id(), s.id, entry.index, event_type, payload, entry.subject) for s in wanting]
@@ -185,7 +191,13 @@ def build_deliveries(
         Event(
             "log.checkpoint",
             recorded_at,
-            CheckpointEventData(checkpoint.origin, checkpoint.size, base64.b64encode(checkpoint.root).decode(), note),
+            CheckpointEventData(
+                checkpoint.origin,
+                checkpoint.size,
+                base64.b64encode(checkpoint.root).decode(),
+                note,
+                consistency_token(checkpoint.size),
+            ),
         )
     )
     deliveries += [

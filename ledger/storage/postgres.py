@@ -26,7 +26,7 @@ from ledger.core.entry import Entry, subject_for
 from ledger.core.note import Verifier
 from ledger.core.tree import NodeId
 from ledger.core.webhooks import REDACTED_ERASURE, Delivery, Subscription, erasure_deliveries
-from ledger.errors import AppendOnlyViolation, StorageError
+from ledger.errors import AppendOnlyViolation, LogCorrupted, StorageError
 
 LOG_CHANNEL = "consent_ledger_log"
 TOKEN_CHANNEL = "consent_ledger_tokens"
@@ -166,6 +166,12 @@ class StateRow(NamedTuple):
     subject: str | None
     basis: Basis | None
     erased: bool = False
+    entry: bytes | None = None  # the log entry the row names as deciding
+
+
+class PairHistory(NamedTuple):
+    erased: bool
+    entries: dict[int, bytes]
 
 
 class TailRow(NamedTuple):
@@ -197,7 +203,8 @@ async def _fetch_nodes(conn: Queryable, ids: Sequence[NodeId]) -> dict[NodeId, b
     found = {NodeId(r["level"], r["idx"]): bytes(r["hash"]) for r in rows}
     if len(found) != len(set(ids)):
         missing = sorted(set(ids) - found.keys())[:3]
-        raise StorageError(f"the tree is missing stored nodes, e.g. {missing}")
+        # Nodes are only ever inserted with the entries they cover: a missing one was removed.
+        raise LogCorrupted(f"the tree is missing stored nodes, e.g. {missing}")
     return found
 
 
@@ -300,6 +307,7 @@ class AppendTransaction:
         claims: Sequence[tuple[str, str, bytes, int]] = (),
         entry_counts: Mapping[tuple[str, str], int] | None = None,
         outbox: Callable[[dict[tuple[str, str], int], list[Subscription]], list[Delivery]] | None = None,
+        notices: Sequence[str] = (),
     ) -> None:
         with translated():
             sequences = await self._upsert_state(state, entry_counts) if state else {}
@@ -327,7 +335,11 @@ class AppendTransaction:
                 head.recorded_at,
             )
             # Delivered at commit, so a listener never hears of entries it cannot read yet.
-            await self.conn.execute("SELECT pg_notify($1, $2)", LOG_CHANNEL, str(head.size))
+            await self.conn.execute(
+                "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS n(payload)",
+                LOG_CHANNEL,
+                list(notices) or [str(head.size)],
+            )
 
     async def _upsert_state(
         self, state: Sequence[Entry], entry_counts: Mapping[tuple[str, str], int] | None
@@ -488,12 +500,13 @@ class Store:
         with translated():
             rows = await self.pool.fetch(
                 """SELECT q.device_id, q.purpose, s.subject, c.idx, c.action, c.policy_version,
-                          c.occurred_at, c.expires_at, e.tombstone IS NOT NULL AS erased,
+                          c.occurred_at, c.expires_at, e.tombstone IS NOT NULL AS erased, l.entry,
                           (SELECT tree_size FROM checkpoints ORDER BY tree_size DESC LIMIT 1) AS size
                    FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY
                         AS q(device_id, purpose, tombstone, n)
                    LEFT JOIN subjects s ON s.device_id = q.device_id
                    LEFT JOIN consent_state c ON c.subject = s.subject AND c.purpose = q.purpose
+                   LEFT JOIN log_entries l ON l.idx = c.idx
                    LEFT JOIN erased_devices e ON s.subject IS NULL AND e.tombstone = q.tombstone
                    ORDER BY q.n""",
                 [p[0] for p in pairs],
@@ -510,6 +523,7 @@ class Store:
                 if r["idx"] is None
                 else Basis(r["idx"], r["action"], r["policy_version"], r["occurred_at"], r["expires_at"]),
                 r["erased"],
+                None if r["entry"] is None else bytes(r["entry"]),
             )
             for r in rows
         ], size
@@ -526,16 +540,48 @@ class Store:
             )
         return subject
 
-    async def history(self, subject: str, purpose: str | None = None) -> list[tuple[int, bytes]]:
-        """A subject's entries, oldest first, for every purpose or one."""
+    async def history(self, subject: str, below: int) -> dict[int, bytes]:
+        """A subject's entries with an index below `below`, oldest first."""
         with translated():
             rows = await self.pool.fetch(
-                """SELECT idx, entry FROM log_entries WHERE subject = $1 AND ($2::text IS NULL OR purpose = $2)
-                   ORDER BY idx""",
-                subject,
-                purpose,
+                "SELECT idx, entry FROM log_entries WHERE subject = $1 AND idx < $2 ORDER BY idx", subject, below
             )
-        return [(r["idx"], bytes(r["entry"])) for r in rows]
+        return {r["idx"]: bytes(r["entry"]) for r in rows}
+
+    async def pair_histories(
+        self, pairs: Sequence[tuple[str, str]], tombstones: Sequence[bytes], below: int
+    ) -> list[PairHistory]:
+        """For each (device, purpose): whether the device was erased, and its entries for the
+        purpose with an index below `below`, oldest first. One query for the whole batch."""
+        with translated():
+            rows = await self.pool.fetch(
+                """SELECT q.n, e.tombstone IS NOT NULL AS erased, l.idx, l.entry
+                   FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY
+                        AS q(device_id, purpose, tombstone, n)
+                   LEFT JOIN subjects s ON s.device_id = q.device_id
+                   LEFT JOIN erased_devices e ON s.subject IS NULL AND e.tombstone = q.tombstone
+                   LEFT JOIN log_entries l ON l.subject = s.subject AND l.purpose = q.purpose AND l.idx < $4
+                   ORDER BY q.n, l.idx""",
+                [p[0] for p in pairs],
+                [p[1] for p in pairs],
+                list(tombstones),
+                below,
+            )
+        found = [PairHistory(False, {}) for _ in pairs]
+        for r in rows:
+            history = found[r["n"] - 1]
+            if r["erased"]:
+                found[r["n"] - 1] = PairHistory(True, history.entries)
+            if r["idx"] is not None:
+                history.entries[r["idx"]] = bytes(r["entry"])
+        return found
+
+    async def entries_at(self, indexes: Sequence[int]) -> dict[int, bytes]:
+        with translated():
+            rows = await self.pool.fetch(
+                "SELECT idx, entry FROM log_entries WHERE idx = ANY($1::bigint[])", list(indexes)
+            )
+        return {r["idx"]: bytes(r["entry"]) for r in rows}
 
     async def index_range(
         self, start: int, end: int, since: datetime | None, until: datetime | None

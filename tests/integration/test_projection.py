@@ -107,8 +107,8 @@ def test_cache_state_table_and_log_fold_agree(database_url: str) -> None:
             assert snapshot >= size
             from_table = rows[0].basis
             subject = harness.run(harness.store.subject_of(key[0]))
-            entries = [] if subject is None else harness.run(harness.store.history(subject, purpose))
-            from_log = deciding(parse_entry(data) for _, data in entries)
+            entries = {} if subject is None else harness.run(harness.store.history(subject, snapshot))
+            from_log = deciding(e for e in map(parse_entry, entries.values()) if e.purpose == purpose)
             assert from_cache == again == from_table == from_log
             expected = self.expected(key)
             assert from_log == expected

@@ -154,13 +154,16 @@ def test_outbox_rows_follow_subscriptions_and_count_sequences() -> None:
     assert bodies[1]["type"] == "consent.withdrawn"
     assert set(bodies[1]["data"]) == {
         "device_id", "subject", "purpose", "action", "index", "policy_version", "occurred_at", "recorded_at",
-        "sequence",
+        "sequence", "consistency_token",
     }  # fmt: skip
+    # A receiver that checks back on any replica can ask it to read at least as far as the event.
+    assert {b["data"]["consistency_token"] for b in bodies} == {"ct1.13"}
     assert bodies[4]["data"] == {
         "origin": "o",
         "tree_size": 13,
         "root": base64.b64encode(bytes(32)).decode(),
         "checkpoint": "note",
+        "consistency_token": "ct1.13",
     }
     assert len({r.id for r in rows}) == len(rows)
     assert build_deliveries(entries, sequences, [], checkpoint, "note", "t") == []
