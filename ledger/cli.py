@@ -250,6 +250,32 @@ def cmd_verify_receipt(args: argparse.Namespace, _: Settings) -> int:
     return 0
 
 
+def cmd_verify_state(_: argparse.Namespace, settings: Settings) -> int:
+    from ledger.state_check import verify_state
+
+    path = settings.signing_key_path
+    if not path.exists():
+        raise ConfigError(f"no signing key at {path}: set LEDGER_SIGNING_KEY or LEDGER_DATA_DIR as the server has them")
+    verifier = keys.read_key_file(path).verifier
+
+    async def run(store: Store):  # type: ignore[no-untyped-def]
+        return await verify_state(store, [verifier], lambda done, total: _progress("refolded", done, total))
+
+    with database(settings) as url:
+        try:
+            report = asyncio.run(_with_store(url, run))
+        except VerificationError as exc:
+            print(f"FAILED: {exc}", file=sys.stderr)
+            return 1
+    for difference in report.differences:
+        print(f"differs: {difference.describe()}")
+    if report.differences:
+        print(f"FAILED: {len(report.differences)} state row(s) differ from the log", file=sys.stderr)
+        return 1
+    print(f"OK: {report.entries:,} entries verify against the signed checkpoint; {report.rows:,} state rows match")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ledger", description="Consent Ledger: a signed, append-only consent log.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -288,6 +314,11 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--key", required=True, help="the verifier key (or a file holding it)")
     verify.add_argument("--previous-checkpoint", help="a checkpoint held from earlier, to rule out truncation")
     verify.set_defaults(run=cmd_verify)
+
+    state = commands.add_parser(
+        "verify-state", help="refold the signed log and compare the projection's state table; exit 1 on a difference"
+    )
+    state.set_defaults(run=cmd_verify_state)
 
     receipt = commands.add_parser("verify-receipt", help="verify one receipt offline")
     receipt.add_argument("receipt")

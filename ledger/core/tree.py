@@ -101,3 +101,27 @@ class CompactRange:
         clone = CompactRange()
         clone.size, clone.nodes = self.size, list(self.nodes)
         return clone
+
+
+class RootAccumulator:
+    """The root of a tree grown leaf by leaf, when none of its nodes need keeping.
+
+    The same binary-counter carry as CompactRange.append, on bare hashes: checking a whole log
+    against its checkpoint hashes every leaf, and this is that loop's inner step."""
+
+    __slots__ = ("_stack", "size")
+
+    def __init__(self) -> None:
+        self._stack: list[bytes] = []
+        self.size = 0
+
+    def append(self, leaf: bytes) -> None:
+        h, n = leaf, self.size
+        while n & 1:
+            h = node_hash(self._stack.pop(), h)
+            n >>= 1
+        self._stack.append(h)
+        self.size += 1
+
+    def root(self) -> bytes:
+        return fold(self._stack)

@@ -23,6 +23,7 @@ import asyncpg
 
 from ledger.core.decision import Basis
 from ledger.core.entry import Entry, subject_for
+from ledger.core.fold import StateOf
 from ledger.core.note import Verifier
 from ledger.core.tree import NodeId
 from ledger.core.webhooks import REDACTED_ERASURE, Delivery, Subscription, erasure_deliveries
@@ -394,6 +395,38 @@ class AppendTransaction:
             )
 
 
+class Snapshot:
+    """Reads that all see one moment of the database (a REPEATABLE READ, read-only transaction)."""
+
+    def __init__(self, conn: Queryable) -> None:
+        self.conn = conn
+
+    async def head(self) -> Head | None:
+        with translated():
+            return _head(await self.conn.fetchrow(_HEAD))
+
+    async def entries(self, start: int, end: int) -> list[bytes]:
+        with translated():
+            rows = await self.conn.fetch(
+                "SELECT entry FROM log_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx", start, end
+            )
+        return [bytes(r["entry"]) for r in rows]
+
+    async def state_rows(self) -> list[tuple[tuple[str, str], StateOf]]:
+        with translated():
+            rows = await self.conn.fetch(
+                """SELECT subject, purpose, idx, action, policy_version, occurred_at, expires_at, entries
+                   FROM consent_state"""
+            )
+        return [
+            (
+                (r["subject"], r["purpose"]),
+                StateOf(r["idx"], r["action"], r["policy_version"], r["occurred_at"], r["expires_at"], r["entries"]),
+            )
+            for r in rows
+        ]
+
+
 class Store:
     """Reads for the API and the CLI, and the append transaction for the appender."""
 
@@ -405,6 +438,12 @@ class Store:
         with translated():
             async with self.pool.acquire() as conn, conn.transaction():
                 yield AppendTransaction(conn)
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Snapshot]:
+        with translated():
+            async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                yield Snapshot(conn)
 
     async def head(self) -> Head | None:
         with translated():

@@ -1,0 +1,107 @@
+"""The decision state a log folds into, row for row as the projection's state table holds it.
+
+`ledger verify-state` refolds the whole log with this and compares every row: the state table
+is written by the service in the append transaction, but nothing in the signed log vouches for
+it, so this is how an operator shows that the table (and so every cached answer built from it)
+is exactly what the log implies.
+"""
+
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+import msgspec
+
+from ledger.core.entry import ALL_PURPOSES
+from ledger.core.errors import EntryError
+
+
+class StateOf(NamedTuple):
+    """One (subject, purpose)'s row: its deciding entry and how many entries it has."""
+
+    index: int  # type: ignore[assignment]  # the entry's index; shadowing tuple.index is intended
+    action: str
+    policy_version: int
+    occurred_at: str
+    expires_at: str | None
+    entries: int
+
+    def describe(self) -> str:
+        expiry = f", expires {self.expires_at}" if self.expires_at else ""
+        return (
+            f"{self.action} at index {self.index} (policy {self.policy_version}, occurred {self.occurred_at}"
+            f"{expiry}; {self.entries} entries)"
+        )
+
+
+class _Fields(msgspec.Struct, frozen=True, gc=False):
+    """What folding needs of an entry; the rest of its bytes is the tree's business."""
+
+    index: int
+    subject: str
+    purpose: str
+    action: str
+    policy_version: int
+    occurred_at: str
+    expires_at: str | None = None
+
+
+_fields = msgspec.json.Decoder(_Fields)
+
+
+class StateFold:
+    """Feed entries in index order; `rows` is then the state table the log implies."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], StateOf] = {}
+        self._purposes: dict[str, set[str]] = {}
+
+    def add(self, data: bytes) -> int:
+        """Fold one entry's bytes in; return its index. Raise EntryError if they are not an entry."""
+        try:
+            e = _fields.decode(data)
+        except msgspec.MsgspecError as exc:
+            raise EntryError(f"not a log entry: {exc}") from None
+        if e.purpose == ALL_PURPOSES:
+            # Erasure removes the subject's rows; its entries stay in the log, unlinkable.
+            for purpose in self._purposes.pop(e.subject, ()):
+                del self.rows[(e.subject, purpose)]
+            return e.index
+        key = (e.subject, e.purpose)
+        current = self.rows.get(key)
+        if current is None:
+            self._purposes.setdefault(e.subject, set()).add(e.purpose)
+            self.rows[key] = StateOf(e.index, e.action, e.policy_version, e.occurred_at, e.expires_at, 1)
+        elif (e.occurred_at, e.index) > (current.occurred_at, current.index):
+            self.rows[key] = StateOf(
+                e.index, e.action, e.policy_version, e.occurred_at, e.expires_at, current.entries + 1
+            )
+        else:
+            self.rows[key] = current._replace(entries=current.entries + 1)
+        return e.index
+
+
+class Difference(NamedTuple):
+    subject: str
+    purpose: str
+    log: StateOf | None
+    table: StateOf | None
+
+    def describe(self) -> str:
+        said = "no row" if self.log is None else self.log.describe()
+        held = "no row" if self.table is None else self.table.describe()
+        return f"subject {self.subject} purpose {self.purpose}: the log says {said}; the table says {held}"
+
+
+def differences(
+    expected: Mapping[tuple[str, str], StateOf], actual: Iterable[tuple[tuple[str, str], StateOf]]
+) -> list[Difference]:
+    """Every row where the table differs from the fold, in (subject, purpose) order."""
+    found: list[Difference] = []
+    seen: set[tuple[str, str]] = set()
+    for key, row in actual:
+        seen.add(key)
+        want = expected.get(key)
+        if want != row:
+            found.append(Difference(key[0], key[1], want, row))
+    found.extend(Difference(k[0], k[1], v, None) for k, v in expected.items() if k not in seen)
+    return sorted(found)
