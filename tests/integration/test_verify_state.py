@@ -52,7 +52,9 @@ async def test_every_row_that_differs_is_named_without_its_device(
     assert result.returncode == 1
     lines = [line for line in result.stdout.splitlines() if line.startswith("differs: ")]
     assert len(lines) == 2
-    assert any(f"subject {subject} purpose" in line and "the table says grant at index 29 (policy 9" in line for line in lines)
+    assert any(
+        f"subject {subject} purpose" in line and "the table says grant at index 29 (policy 9" in line for line in lines
+    )
     assert any("the table says no row" in line for line in lines)
     assert "state-" not in result.stdout + result.stderr
 
