@@ -5,8 +5,9 @@
 On the embedded PostgreSQL: builds a log of --log-size entries with the real appender, then
 times, each as the CLI or the API does it: the whole log written as a bundle directory
 (`ledger export`), the whole log as the tar stream of GET /v1/export (consumed in memory-less
-chunks), a filtered export of --filtered entries with their inclusion proofs, and `ledger verify`
-of both bundles. Prints a table, writes benchmarks/results/export.json and draws export.png.
+chunks), a filtered export of --filtered entries with their inclusion proofs, `ledger verify`
+of both bundles, and `ledger verify-state` (the whole log refolded, the state table compared).
+Prints a table, writes benchmarks/results/export.json and draws export.png.
 """
 
 import argparse
@@ -22,6 +23,7 @@ from benchmarks.common import RESULTS, progress, pyplot
 from ledger import embedded, export
 from ledger.core.note import Verifier
 from ledger.core.verify import verify_bundle
+from ledger.state_check import verify_state
 
 
 def lines(path: Path):  # type: ignore[no-untyped-def]
@@ -68,6 +70,12 @@ async def measure(server_url: str, size: int, filtered: int, tmp: Path) -> dict[
     started = time.monotonic()
     await export.write_directory(store, part, tmp / "part")
     rates[f"export, {filtered:,} entries with proofs"] = filtered / (time.monotonic() - started)
+
+    progress("verify-state: refold the whole log and compare the state table")
+    started = time.monotonic()
+    report = await verify_state(store, [verifier])
+    assert not report.differences
+    rates["verify-state, whole log (`ledger verify-state`)"] = size / (time.monotonic() - started)
     await store.pool.close()
 
     progress("verify: whole log")
@@ -82,7 +90,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
     names, values = list(results["rates"]), list(results["rates"].values())
-    ax.barh(names, values, color=["tab:blue"] * 3 + ["tab:green"] * 2)
+    ax.barh(names, values, color=["tab:blue" if n.startswith("export") else "tab:green" for n in names])
     ax.axvline(100_000, color="tab:red", linestyle="--", linewidth=1, label="target: 100,000 entries/s")
     ax.invert_yaxis()
     ax.set_xlabel("entries per second")
