@@ -105,12 +105,12 @@ class ManyProofs:
 class InclusionVerifier:
     """Checks many inclusion proofs into one tree, sharing the work between neighbours.
 
-    It runs RFC 9162's algorithm, whose state (fn, sn) before each step names one node of the
-    tree (sn = (size - 1) >> level strictly decreases as the walk climbs). Every state shown to
-    lead to the root is remembered with the hash reached there and the proof elements still to
-    come. A later proof is settled as soon as it reaches a remembered state with the same hash
-    *and* the same remaining elements, which is exactly what finishing the walk would have
-    checked; tampering anywhere still fails.
+    The inner part of a proof climbs through perfect subtrees: before step `level` the running
+    hash claims to be node (level, index >> level), whose hash, and the proof elements above
+    it, are the same for every leaf beneath it. Each node shown to lead to the root is
+    remembered with that hash and those elements; a later proof is settled as soon as it
+    reaches a remembered node with the same hash *and* the same remaining elements, which is
+    exactly what finishing the walk would have checked, so tampering anywhere still fails.
     """
 
     def __init__(self, size: int, root: bytes) -> None:
@@ -122,37 +122,27 @@ class InclusionVerifier:
         """Raise ProofError unless `proof` (hashes, or their hex) shows the leaf at `index`.
 
         Hex elements are decoded only when the walk uses them: most proofs meet a remembered
-        state after a step or two, and the rest is compared as given."""
-        if not 0 <= index < self.size:
-            raise ProofError(f"leaf index {index} is not in a tree of size {self.size}")
-        fn, sn, r = index, self.size - 1, leaf_hash
-        if len(r) != HASH_SIZE:
-            raise ProofError("a hash is not 32 bytes long")
-        path: list[tuple[tuple[int, int], bytes, int]] = []
-        for k, p in enumerate(proof):
-            known = self._proven.get((fn, sn))
+        node after a step or two, and the rest is compared as given."""
+        inner, border = _decompose(index, self.size)
+        _check_length(len(proof), inner + border, "inclusion")
+        _check_hashes(leaf_hash)
+        seed = leaf_hash
+        climbed: list[tuple[tuple[int, int], bytes, int]] = []
+        for level in range(inner):
+            node = (level, index >> level)
+            known = self._proven.get(node)
             if known is not None:
-                if known[0] != r or known[1] != tuple(proof[k:]):
+                if known[0] != seed or known[1] != tuple(proof[level:]):
                     raise ProofError("inclusion proof does not lead to the root")
                 break
-            if sn == 0:
-                raise ProofError("inclusion proof is longer than the tree is deep")
-            h = _raw(p)
-            path.append(((fn, sn), r, k))
-            if fn & 1 or fn == sn:
-                r = node_hash(h, r)
-                while not fn & 1 and fn != 0:
-                    fn, sn = fn >> 1, sn >> 1
-            else:
-                r = node_hash(r, h)
-            fn, sn = fn >> 1, sn >> 1
+            climbed.append((node, seed, level))
+            seed = _step(seed, _raw(proof[level]), (index >> level) & 1)
         else:
-            if sn != 0:
-                raise ProofError("inclusion proof is shorter than the tree is deep")
-            if not hmac.compare_digest(r, self.root):
+            seed = _chain_border_right(seed, [_raw(p) for p in proof[inner:]])
+            if not hmac.compare_digest(seed, self.root):
                 raise ProofError("inclusion proof does not lead to the root")
-        for state, value, k in path:
-            self._proven[state] = (value, tuple(proof[k:]))
+        for node, value, level in climbed:
+            self._proven[node] = (value, tuple(proof[level:]))
 
 
 def _raw(element: bytes | str) -> bytes:
@@ -160,8 +150,7 @@ def _raw(element: bytes | str) -> bytes:
         raw = bytes.fromhex(element) if isinstance(element, str) else element
     except ValueError:
         raise ProofError("a proof element is not hex") from None
-    if len(raw) != HASH_SIZE:
-        raise ProofError("a hash is not 32 bytes long")
+    _check_hashes(raw)
     return raw
 
 
@@ -174,25 +163,57 @@ def _check_hashes(*hashes: bytes) -> None:
         raise ProofError("a hash is not 32 bytes long")
 
 
-def root_from_inclusion_proof(index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes]) -> bytes:
-    """The root that `proof` implies for `leaf_hash` at `index` (RFC 9162 2.1.3.2)."""
+def _check_length(got: int, want: int, kind: str) -> None:
+    if got != want:
+        raise ProofError(f"{kind} proof has {got} hashes, the tree needs {want}")
+
+
+# The walk, in transparency-dev/merkle's shape. A proof for leaf `index` of a tree of `size`
+# leaves has an inner part, the siblings below the level where the paths to `index` and to the
+# last leaf part (bits.Len(index ^ (size - 1)) of them), and a border part, one hash for each
+# set bit of index above that level: the left siblings along the right border of the tree.
+
+
+def _decompose(index: int, size: int) -> tuple[int, int]:
+    """(inner, border) proof lengths for leaf `index` of a tree of `size`. Requires index < size."""
     if not 0 <= index < size:
         raise ProofError(f"leaf index {index} is not in a tree of size {size}")
+    inner = (index ^ (size - 1)).bit_length()
+    return inner, (index >> inner).bit_count()
+
+
+def _step(seed: bytes, sibling: bytes, seed_is_right: int) -> bytes:
+    return node_hash(sibling, seed) if seed_is_right else node_hash(seed, sibling)
+
+
+def _chain_inner(seed: bytes, proof: Sequence[bytes], index: int) -> bytes:
+    """Climb the inner part: bit `level` of index says on which side the seed is."""
+    for level, sibling in enumerate(proof):
+        seed = _step(seed, sibling, (index >> level) & 1)
+    return seed
+
+
+def _chain_inner_right(seed: bytes, proof: Sequence[bytes], index: int) -> bytes:
+    """The same climb, hashing only the left siblings: the old tree of a consistency proof
+    has nothing on the right."""
+    for level, sibling in enumerate(proof):
+        if (index >> level) & 1:
+            seed = node_hash(sibling, seed)
+    return seed
+
+
+def _chain_border_right(seed: bytes, proof: Sequence[bytes]) -> bytes:
+    for sibling in proof:
+        seed = node_hash(sibling, seed)
+    return seed
+
+
+def root_from_inclusion_proof(index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes]) -> bytes:
+    """The root that `proof` implies for `leaf_hash` at `index` (RFC 9162 2.1.3.2)."""
+    inner, border = _decompose(index, size)
+    _check_length(len(proof), inner + border, "inclusion")
     _check_hashes(leaf_hash, *proof)
-    fn, sn, r = index, size - 1, leaf_hash
-    for p in proof:
-        if sn == 0:
-            raise ProofError("inclusion proof is longer than the tree is deep")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            while not fn & 1 and fn != 0:
-                fn, sn = fn >> 1, sn >> 1
-        else:
-            r = node_hash(r, p)
-        fn, sn = fn >> 1, sn >> 1
-    if sn != 0:
-        raise ProofError("inclusion proof is shorter than the tree is deep")
-    return r
+    return _chain_border_right(_chain_inner(leaf_hash, proof[:inner], index), proof[inner:])
 
 
 def verify_inclusion(index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes], root: bytes) -> None:
@@ -215,25 +236,19 @@ def verify_consistency(size1: int, size2: int, root1: bytes, root2: bytes, proof
         return
     if not proof:
         raise ProofError("consistency proof is empty")
-    path = list(proof)
-    if size1 & (size1 - 1) == 0:
-        # size1 is a power of two: the old root is itself a node of the new tree.
-        path.insert(0, root1)
-    fn, sn = size1 - 1, size2 - 1
-    while fn & 1:
-        fn, sn = fn >> 1, sn >> 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise ProofError("consistency proof is longer than the tree is deep")
-        if fn & 1 or fn == sn:
-            fr, sr = node_hash(c, fr), node_hash(c, sr)
-            while not fn & 1 and fn != 0:
-                fn, sn = fn >> 1, sn >> 1
-        else:
-            sr = node_hash(sr, c)
-        fn, sn = fn >> 1, sn >> 1
-    if sn != 0:
-        raise ProofError("consistency proof is shorter than the tree is deep")
-    if not (hmac.compare_digest(fr, root1) and hmac.compare_digest(sr, root2)):
+    # The proof is the inclusion proof of the old tree's last leaf, from the level of the largest
+    # perfect subtree the old tree ends with: that subtree's hash is the seed.
+    inner, border = _decompose(size1 - 1, size2)
+    shift = (size1 & -size1).bit_length() - 1
+    inner -= shift
+    if size1 == 1 << shift:
+        # The old tree is itself a perfect subtree of the new one: its root is the seed.
+        seed, path = root1, list(proof)
+    else:
+        seed, path = proof[0], list(proof[1:])
+    _check_length(len(path), inner + border, "consistency")
+    mask = (size1 - 1) >> shift
+    hash1 = _chain_border_right(_chain_inner_right(seed, path[:inner], mask), path[inner:])
+    hash2 = _chain_border_right(_chain_inner(seed, path[:inner], mask), path[inner:])
+    if not (hmac.compare_digest(hash1, root1) and hmac.compare_digest(hash2, root2)):
         raise ProofError("consistency proof does not lead to both roots")
