@@ -19,6 +19,7 @@ from typing import NamedTuple
 from ledger import metrics
 from ledger.core.batch import Committed, Draft, Sealed, SealedBatch, latest_per_key, seal_batch
 from ledger.core.entry import format_time
+from ledger.core.idempotency import APPEND, Claim, Conflict, Follows, Prior, Replayed, Settlement, settle
 from ledger.core.note import Signer
 from ledger.core.notice import changed_keys, encode_notices
 from ledger.core.rfc6962 import EMPTY_ROOT
@@ -30,25 +31,6 @@ from ledger.storage.postgres import AppendTransaction, EntryRow, Head, Store
 log = logging.getLogger("ledger.appender")
 
 
-class Claim(NamedTuple):
-    """An Idempotency-Key, scoped to the token that sent it, and the hash of the request."""
-
-    token_name: str
-    key: str
-    request_hash: bytes
-
-    @property
-    def scope(self) -> tuple[str, str]:
-        return (self.token_name, self.key)
-
-
-class Replayed(NamedTuple):
-    """The request was already recorded: this is where."""
-
-    entry_index: int
-    tree_size: int
-
-
 Outcome = Sealed | Replayed
 
 
@@ -57,6 +39,18 @@ class _Pending(NamedTuple):
     claim: Claim | None
     future: asyncio.Future[Outcome]
     tombstone: bytes | None = None
+
+
+def _outcome(position: int, settled: Settlement, appended: dict[int, Sealed]) -> Outcome | Exception:
+    """What the caller at `position` of a committed batch gets."""
+    if isinstance(settled, Follows):
+        first = appended[settled.first]
+        return Replayed(first.entry.index, first.tree_size)
+    if isinstance(settled, Conflict):
+        return IdempotencyConflict(f"Idempotency-Key {settled.key!r} was used for another request")
+    if isinstance(settled, Replayed):
+        return settled
+    return appended[position]
 
 
 class UnknownDevice(StorageError):
@@ -166,52 +160,22 @@ class Appender:
             head = await tx.lock_head()
             tree = await self._current_tree(tx, head)
             claimed = await tx.claimed([p.claim.scope for p in batch if p.claim])
-            outcomes: list[Outcome | Exception | None] = [None] * len(batch)
-            fresh: list[int] = []
-            first_use: dict[tuple[str, str], int] = {}
-            for i, p in enumerate(batch):
-                if p.claim is not None:
-                    prior = claimed.get(p.claim.scope)
-                    if prior is not None:
-                        outcomes[i] = (
-                            Replayed(prior.idx, prior.tree_size)
-                            if prior.request_hash == p.claim.request_hash
-                            else IdempotencyConflict(f"Idempotency-Key {p.claim.key!r} was used for another request")
-                        )
-                        continue
-                    if p.claim.scope in first_use:
-                        continue  # a retry racing its original in the same batch: settled below
-                    first_use[p.claim.scope] = i
-                fresh.append(i)
+            prior = {scope: Prior(c.request_hash, c.idx, c.tree_size) for scope, c in claimed.items()}
+            plan = settle([p.claim for p in batch], prior)
+            fresh = [i for i, s in enumerate(plan) if s is APPEND]
             drafts = [batch[i].draft for i in fresh]
-            if not drafts:
-                # Only replays: nothing to append, and no new checkpoint to sign.
-                return [o for o in outcomes if o is not None]
-            subjects = await tx.subjects([d.device_id for d in drafts])
-            sealed = await self._write(
-                tx,
-                drafts,
-                tree,
-                head,
-                [subjects[d.device_id] for d in drafts],
-                [batch[i].claim for i in fresh],
-            )
+            if drafts:
+                subjects = await tx.subjects([d.device_id for d in drafts])
+                sealed = await self._write(
+                    tx, drafts, tree, head, [subjects[d.device_id] for d in drafts], [batch[i].claim for i in fresh]
+                )
+        if not drafts:
+            # Only replays and conflicts: nothing appended, and no new checkpoint signed.
+            return [_outcome(i, s, {}) for i, s in enumerate(plan)]
         # Only now, after COMMIT returned, is the batch durable and the new tree ours to extend.
         self._committed(sealed, drafts)
-        for i, result in zip(fresh, sealed.sealed, strict=True):
-            outcomes[i] = result
-        for i, p in enumerate(batch):
-            if outcomes[i] is None and p.claim is not None:
-                original = batch[first_use[p.claim.scope]]
-                first = outcomes[first_use[p.claim.scope]]
-                assert isinstance(first, Sealed)
-                assert original.claim is not None
-                outcomes[i] = (
-                    Replayed(first.entry.index, first.tree_size)
-                    if original.claim.request_hash == p.claim.request_hash
-                    else IdempotencyConflict(f"Idempotency-Key {p.claim.key!r} was used for another request")
-                )
-        return [o for o in outcomes if o is not None]
+        appended = dict(zip(fresh, sealed.sealed, strict=True))
+        return [_outcome(i, s, appended) for i, s in enumerate(plan)]
 
     async def _commit_erase(self, pending: _Pending, tombstone: bytes) -> Outcome | Exception:
         async with self.store.appending() as tx:

@@ -15,13 +15,14 @@ import msgspec
 from nacl.signing import SigningKey
 
 from ledger import auth, metrics
-from ledger.appender import Appender, Claim, Replayed, UnknownDevice
+from ledger.appender import Appender, UnknownDevice
 from ledger.core import consistency
 from ledger.core.batch import Draft, Sealed
 from ledger.core.consistency import consistency_token
 from ledger.core.decision import ERASED, Decision, decide, deciding
 from ledger.core.entry import ALL_PURPOSES, format_time, is_device_id, parse_time
 from ledger.core.errors import ProofError
+from ledger.core.idempotency import Claim, Replayed
 from ledger.core.note import Signer, Verifier
 from ledger.core.proof import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
 from ledger.core.purposes import Registry, purpose_record
