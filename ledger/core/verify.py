@@ -84,7 +84,13 @@ _receipts = msgspec.json.Decoder(ReceiptsFile)
 _entry_object = msgspec.json.Decoder(Entry)
 
 
-def _signed(text: str, verifiers: list[Verifier], what: str) -> Checkpoint:
+def _signed(text: str | bytes, verifiers: list[Verifier], what: str) -> Checkpoint:
+    """The checkpoint of a signed note, as text or as the bytes of a file."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError:
+            raise VerificationError(f"{what}: not UTF-8 text, so not a signed note") from None
     try:
         return open_checkpoint(text, verifiers)
     except NoteError as exc:
@@ -102,17 +108,17 @@ def _entry(position: int, data: bytes) -> Entry:
         raise VerificationError(f"entry on line {position + 1}: {exc}") from None
 
 
-def verify_log(entries: Iterable[bytes], signed_checkpoint: str, verifiers: list[Verifier]) -> Checkpoint:
+def verify_log(entries: Iterable[bytes], signed_checkpoint: str | bytes, verifiers: list[Verifier]) -> Checkpoint:
     """The whole log from index 0, against the checkpoint; raise VerificationError on any fault."""
     return verify_bundle(entries, signed_checkpoint, verifiers).checkpoint
 
 
 def verify_bundle(
     entries: Iterable[bytes],
-    signed_checkpoint: str,
+    signed_checkpoint: str | bytes,
     verifiers: list[Verifier],
     proofs: Iterable[bytes] | None = None,
-    previous: str | None = None,
+    previous: str | bytes | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Report:
     """Verify an export: the whole log (no `proofs`) or a filtered run of it (with `proofs`).
@@ -121,6 +127,7 @@ def verify_bundle(
     one must hold consecutive entries, each with an inclusion proof into the signed tree. With
     `previous` (a checkpoint held from earlier), a full export must also reproduce that
     checkpoint's root at its size, which is what catches a truncated tail or rewritten history.
+    Checkpoints may be given as the bytes of their files: bytes that are not UTF-8 fail as such.
     """
     checkpoint = _signed(signed_checkpoint, verifiers, "checkpoint")
     held = None if previous is None else _signed(previous, verifiers, "held checkpoint")

@@ -396,6 +396,13 @@ def test_verify_receipt_on_a_malformed_file_fails_cleanly_in_the_cli(
 def test_a_malformed_bundle_checkpoint_is_a_verification_error(checkpoint: str, match: str) -> None:
     fails(match, LEAVES, checkpoint, KEY)
     fails(match, LEAVES, HEAD, KEY, previous=checkpoint)
+    fails(match, LEAVES, checkpoint.encode(), KEY)
+
+
+def test_checkpoint_files_may_be_given_as_bytes_and_must_be_utf8() -> None:
+    assert verify_bundle(LEAVES, HEAD.encode(), KEY, previous=NOTES[2].encode()).previous is not None
+    fails("checkpoint: not UTF-8 text", LEAVES, b"\xff\xfe" + HEAD.encode(), KEY)
+    fails("held checkpoint: not UTF-8 text", LEAVES, HEAD, KEY, previous=b"\xff")
 
 
 @pytest.mark.parametrize(
