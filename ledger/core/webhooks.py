@@ -264,6 +264,9 @@ _IPV6_REFUSED: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
         ("2001::/32", "Teredo"),
         ("2001::/23", "IETF protocol assignments"),
         ("2001:db8::/32", "documentation"),
+        # IANA lists 6to4 as neither reachable nor not; its relays are deprecated (RFC 7526) and
+        # Python >= 3.11.10 no longer calls it global. Refused, so no Python version decides.
+        ("2002::/16", "6to4, deprecated by RFC 7526"),
         ("3fff::/20", "documentation"),
         ("5f00::/16", "SRv6 segment identifiers"),
     )
@@ -353,8 +356,10 @@ def destination_refusal(text: str) -> str | None:
     it), and also if the IPv6 address itself is not global. Two forms only carry an IPv4 address
     and are judged by it alone: IPv4-mapped (the socket connects over IPv4) and the NAT64
     well-known prefix (RFC 6052 allows it only for public IPv4 addresses, and its gateway then
-    reaches the public address). The NAT64 local-use prefix is refused whatever it embeds: it is
-    not globally reachable and which of RFC 6052's placements the operator uses is unknowable here.
+    reaches the public address). Every other form is refused whatever it embeds: IPv4-compatible
+    and SIIT's translated form route nowhere, the NAT64 local-use prefix is not globally reachable
+    (and which of RFC 6052's placements the operator uses is unknowable here), 6to4 is deprecated
+    and Teredo is a client tunnel through a NAT.
     """
     try:
         address = ipaddress.ip_address(text.split("%", 1)[0])

@@ -145,11 +145,11 @@ def rfc6052(prefix: str, length: int, ipv4: str) -> str:
 
 # Each form with the IPv4 address it carries, and whether it may carry a public one: only where the
 # form itself is routable. IPv4-mapped is how a dual-stack socket names an IPv4 peer; the NAT64
-# well-known prefix is for public IPv4 addresses only (RFC 6052 3.1) and its gateway reaches them;
-# 6to4 (2002::/16) is global unicast and reaches the embedded address's own 6to4 router. The rest
-# route nowhere public: IPv4-compatible is deprecated (RFC 4291), SIIT's translated form is not
-# routed, the NAT64 local-use prefix is not globally reachable (RFC 8215), Teredo is a client
-# tunnel through a NAT whose far end can be anything.
+# well-known prefix is for public IPv4 addresses only (RFC 6052 3.1) and its gateway reaches them.
+# The rest are refused whatever they carry: IPv4-compatible is deprecated (RFC 4291), SIIT's
+# translated form is not routed, the NAT64 local-use prefix is not globally reachable (RFC 8215),
+# 6to4's relays are deprecated (RFC 7526; IANA: reachability N/A, and Python >= 3.11.10 calls it
+# not global), Teredo is a client tunnel through a NAT whose far end can be anything.
 FORMS: dict[str, tuple[Callable[[str], str], bool]] = {
     "IPv4-compatible ::a.b.c.d": (lambda a: v6(v4(a)), False),
     "IPv4-mapped ::ffff:a.b.c.d": (lambda a: v6(0xFFFF << 32 | v4(a)), True),
@@ -159,7 +159,7 @@ FORMS: dict[str, tuple[Callable[[str], str], bool]] = {
     "NAT64 local-use /64": (lambda a: rfc6052("64:ff9b:1::", 64, a), False),
     "NAT64 local-use /56": (lambda a: rfc6052("64:ff9b:1::", 56, a), False),
     "NAT64 local-use /48": (lambda a: rfc6052("64:ff9b:1::", 48, a), False),
-    "6to4 2002::/16": (lambda a: v6(0x2002 << 112 | v4(a) << 80 | 1), True),
+    "6to4 2002::/16": (lambda a: v6(0x2002 << 112 | v4(a) << 80 | 1), False),
     # Teredo: server in bits 32-63, the client's address inverted in the last 32 bits.
     "Teredo server": (
         lambda a: v6(0x20010000 << 96 | v4(a) << 64 | 0x8000_63BF << 32 | v4("8.8.4.4") ^ 0xFFFFFFFF),
