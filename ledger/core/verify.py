@@ -7,12 +7,12 @@ rewritten *before* this checkpoint was signed. Only a checkpoint held from earli
 """
 
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import msgspec
 
 from ledger.core.checkpoint import Checkpoint, open_checkpoint
-from ledger.core.entry import Entry, entry_bytes, parse_entry
+from ledger.core.entry import Entry, entry_bytes, parse_entry, subject_for
 from ledger.core.errors import EntryError, NoteError, ProofError, VerificationError
 from ledger.core.note import Verifier
 from ledger.core.proof import InclusionVerifier, verify_inclusion
@@ -28,6 +28,46 @@ class ProofLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     proof: list[str]
 
 
+class ReceiptFile(msgspec.Struct, frozen=True):
+    """A receipt as the service gives it (CONTRACT section 3), read from a file.
+
+    What the proof needs is required. `device_id` and `consistency_token` are covered by no
+    signature, so they may be absent. `entry` is kept raw and must re-encode to exactly `leaf`,
+    the bytes that are hashed. Unknown fields are allowed and ignored: a newer service may add
+    some, and nothing outside the proof is ever reported as verified.
+    """
+
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    entry: msgspec.Raw
+    leaf: str
+    leaf_hash: str
+    checkpoint: str
+    inclusion_proof: list[str]
+    device_id: str | None = None
+    consistency_token: str | None = None
+
+
+class ReceiptsFile(msgspec.Struct, frozen=True):
+    """A person's export (`GET /v1/devices/{device_id}/export`) or a device's history: receipts
+    under one device_id. The export's `subject` and `salt` tie the entries to the device (the
+    subject is HMAC-SHA256 of the device_id under the salt); its `purposes` is derived state, not
+    part of any proof, and is ignored like any other unknown field."""
+
+    device_id: str
+    entries: list[ReceiptFile]
+    subject: str | None = None
+    salt: str | None = None
+
+
+class Receipts(NamedTuple):
+    """What a receipt file showed: its entries are in the signed log; `bound` when the salt also
+    showed that they are the entries of `device_id`."""
+
+    entries: list[Entry]
+    device_id: str | None
+    bound: bool
+
+
 class Report(NamedTuple):
     checkpoint: Checkpoint
     entries: int
@@ -37,14 +77,28 @@ class Report(NamedTuple):
 
 
 _proof_line = msgspec.json.Decoder(ProofLine)
-_receipt = msgspec.json.Decoder()
+# Enough to tell the two files apart: only an export or a history has `entries`.
+_shape = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_receipt = msgspec.json.Decoder(ReceiptFile)
+_receipts = msgspec.json.Decoder(ReceiptsFile)
+_entry_object = msgspec.json.Decoder(Entry)
 
 
-def _signed(text: str, verifiers: list[Verifier], what: str) -> Checkpoint:
+def _signed(text: str | bytes, verifiers: list[Verifier], what: str) -> Checkpoint:
+    """The checkpoint of a signed note, as text or as the bytes of a file."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError:
+            raise VerificationError(f"{what}: not UTF-8 text, so not a signed note") from None
     try:
         return open_checkpoint(text, verifiers)
     except NoteError as exc:
         raise VerificationError(f"{what}: {exc} (a forged signature, or not the key you trust)") from None
+    except ValueError:
+        # PyNaCl raises ValueError, not BadSignatureError, for a signature of the wrong length
+        # under a known key name and id.
+        raise VerificationError(f"{what}: a malformed signature (a forged signature)") from None
 
 
 def _entry(position: int, data: bytes) -> Entry:
@@ -54,17 +108,17 @@ def _entry(position: int, data: bytes) -> Entry:
         raise VerificationError(f"entry on line {position + 1}: {exc}") from None
 
 
-def verify_log(entries: Iterable[bytes], signed_checkpoint: str, verifiers: list[Verifier]) -> Checkpoint:
+def verify_log(entries: Iterable[bytes], signed_checkpoint: str | bytes, verifiers: list[Verifier]) -> Checkpoint:
     """The whole log from index 0, against the checkpoint; raise VerificationError on any fault."""
     return verify_bundle(entries, signed_checkpoint, verifiers).checkpoint
 
 
 def verify_bundle(
     entries: Iterable[bytes],
-    signed_checkpoint: str,
+    signed_checkpoint: str | bytes,
     verifiers: list[Verifier],
     proofs: Iterable[bytes] | None = None,
-    previous: str | None = None,
+    previous: str | bytes | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Report:
     """Verify an export: the whole log (no `proofs`) or a filtered run of it (with `proofs`).
@@ -73,6 +127,7 @@ def verify_bundle(
     one must hold consecutive entries, each with an inclusion proof into the signed tree. With
     `previous` (a checkpoint held from earlier), a full export must also reproduce that
     checkpoint's root at its size, which is what catches a truncated tail or rewritten history.
+    Checkpoints may be given as the bytes of their files: bytes that are not UTF-8 fail as such.
     """
     checkpoint = _signed(signed_checkpoint, verifiers, "checkpoint")
     held = None if previous is None else _signed(previous, verifiers, "held checkpoint")
@@ -142,27 +197,95 @@ def _check_proof(
 
 
 def verify_receipt(receipt_json: bytes, verifiers: list[Verifier]) -> Entry:
-    """A receipt alone proves its entry is in the log the key signs; return the entry."""
-    try:
-        receipt = _receipt.decode(receipt_json)
-        leaf = receipt["leaf"].encode()
-        claimed = bytes.fromhex(receipt["leaf_hash"])
-        path = [bytes.fromhex(h) for h in receipt["inclusion_proof"]]
-        note, index, entry_object = receipt["checkpoint"], receipt["index"], receipt["entry"]
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError):
+    """One receipt alone proves its entry is in the log the key signs; return the entry."""
+    if _is_many(receipt_json):
+        count = len(_decode_receipts(receipt_json).entries)
         raise VerificationError(
-            "not a receipt: it needs leaf, leaf_hash, inclusion_proof, checkpoint, index, entry"
-        ) from None
-    entry = _entry(0, leaf)
-    if entry_bytes(msgspec.convert(entry_object, Entry)) != leaf:
-        raise VerificationError("the receipt's entry object does not match its leaf bytes")
-    if entry.index != index:
-        raise VerificationError(f"the receipt says index {index}, its entry {entry.index}")
+            f"this is a person's export or a history ({count} receipts), not one receipt: verify each of them"
+        )
+    return _verify_receipt(_decode_receipt(receipt_json), verifiers, "")
+
+
+def verify_receipts(data: bytes, verifiers: list[Verifier]) -> Receipts:
+    """A file of one receipt, or a person's export or history (every receipt in it is verified).
+
+    An export's receipts must all be of its device_id and of one subject; with the salt, that
+    subject must be the device_id's pseudonym, which shows the entries are this device's.
+    """
+    if not _is_many(data):
+        receipt = _decode_receipt(data)
+        return Receipts([_verify_receipt(receipt, verifiers, "")], receipt.device_id, False)
+    export = _decode_receipts(data)
+    if not export.entries:
+        raise VerificationError("the export holds no receipts: nothing to verify")
+    entries = []
+    for position, receipt in enumerate(export.entries):
+        where = f"entries[{position}]: "
+        if receipt.device_id is not None and receipt.device_id != export.device_id:
+            raise VerificationError(f"{where}a receipt of device {receipt.device_id!r}, not {export.device_id!r}")
+        entries.append(_verify_receipt(receipt, verifiers, where))
+    subject = export.subject or entries[0].subject
+    if export.salt is not None:
+        try:
+            salt = bytes.fromhex(export.salt)
+        except ValueError:
+            raise VerificationError("salt is not hex") from None
+        if subject_for(salt, export.device_id) != subject:
+            raise VerificationError(
+                f"the salt does not turn {export.device_id!r} into the subject {subject}: "
+                "the entries are not shown to be this device's"
+            )
+    for position, entry in enumerate(entries):
+        if entry.subject != subject:
+            raise VerificationError(f"entries[{position}]: entry {entry.index} is of another subject")
+    return Receipts(entries, export.device_id, export.salt is not None)
+
+
+def _is_many(data: bytes) -> bool:
+    try:
+        return "entries" in _shape.decode(data)
+    except msgspec.DecodeError as exc:
+        raise VerificationError(f"not a receipt or a person's export: {exc}") from None
+
+
+def _decode_receipt(data: bytes) -> ReceiptFile:
+    try:
+        return _receipt.decode(data)
+    except msgspec.DecodeError as exc:
+        raise VerificationError(f"not a receipt: {exc}") from None
+
+
+def _decode_receipts(data: bytes) -> ReceiptsFile:
+    try:
+        return _receipts.decode(data)
+    except msgspec.DecodeError as exc:
+        raise VerificationError(f"not a person's export: {exc}") from None
+
+
+def _verify_receipt(receipt: ReceiptFile, verifiers: list[Verifier], where: str) -> Entry:
+    leaf = receipt.leaf.encode()
+    try:
+        entry = parse_entry(leaf)
+    except EntryError as exc:
+        raise VerificationError(f"{where}the receipt's leaf: {exc}") from None
+    try:
+        stated = _entry_object.decode(receipt.entry)
+    except msgspec.DecodeError as exc:
+        raise VerificationError(f"{where}the receipt's entry object is not a log entry: {exc}") from None
+    if entry_bytes(stated) != leaf:
+        raise VerificationError(f"{where}the receipt's entry object does not match its leaf bytes")
+    if entry.index != receipt.index:
+        raise VerificationError(f"{where}the receipt says index {receipt.index}, its entry {entry.index}")
+    try:
+        claimed = bytes.fromhex(receipt.leaf_hash)
+        path = [bytes.fromhex(h) for h in receipt.inclusion_proof]
+    except ValueError:
+        raise VerificationError(f"{where}leaf_hash and inclusion_proof must be hex") from None
     if leaf_hash(leaf) != claimed:
-        raise VerificationError("leaf_hash is not the hash of the leaf")
-    checkpoint = _signed(note, verifiers, "the receipt's checkpoint")
+        raise VerificationError(f"{where}leaf_hash is not the hash of the leaf")
+    checkpoint = _signed(receipt.checkpoint, verifiers, f"{where}the receipt's checkpoint")
     try:
         verify_inclusion(entry.index, checkpoint.size, claimed, path, checkpoint.root)
     except ProofError as exc:
-        raise VerificationError(f"inclusion proof: {exc}") from None
+        raise VerificationError(f"{where}inclusion proof: {exc}") from None
     return entry

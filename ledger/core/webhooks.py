@@ -234,6 +234,164 @@ def retry_delay(attempts: int, jitter: float) -> timedelta | None:
     return delay * (1 + JITTER * max(-1.0, min(1.0, jitter)))
 
 
+# Why an IPv4 address is not a destination (IANA's special-purpose registry, the entries that are
+# not globally reachable). Checked in this order, so an address gets its most specific name.
+_IPV4_REFUSED: tuple[tuple[ipaddress.IPv4Network, str], ...] = tuple(
+    (ipaddress.IPv4Network(network), why)
+    for network, why in (
+        ("0.0.0.0/8", "unspecified or 'this network'"),
+        ("127.0.0.0/8", "loopback"),
+        ("10.0.0.0/8", "private"),
+        ("172.16.0.0/12", "private"),
+        ("192.168.0.0/16", "private"),
+        ("100.64.0.0/10", "shared address space (CGNAT)"),
+        ("169.254.0.0/16", "link-local"),
+        ("192.0.0.0/24", "IETF protocol assignments"),
+        ("192.0.2.0/24", "documentation"),
+        ("198.51.100.0/24", "documentation"),
+        ("203.0.113.0/24", "documentation"),
+        ("192.88.99.0/24", "deprecated 6to4 relay anycast"),
+        ("198.18.0.0/15", "benchmarking"),
+        ("224.0.0.0/4", "multicast"),
+        ("255.255.255.255/32", "broadcast"),
+        ("240.0.0.0/4", "reserved"),
+    )
+)
+# Named IPv6 ranges that reach nothing public: the common ones outside global unicast (anything
+# else outside 2000::/3 is refused too), then those inside it. Python's own `is_global` is asked
+# as well, but its tables differ between patch releases.
+_IPV6_REFUSED: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.IPv6Network(network), why)
+    for network, why in (
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("::/96", "IPv4-compatible, deprecated by RFC 4291"),
+        ("::ffff:0:0:0/96", "IPv4-translated (SIIT)"),
+        ("64:ff9b:1::/48", "NAT64 local-use prefix, not globally reachable"),
+        ("fe80::/10", "link-local"),
+        ("fec0::/10", "site-local"),
+        ("fc00::/7", "unique local (private)"),
+        ("ff00::/8", "multicast"),
+        ("100::/64", "discard-only"),
+        ("2001::/32", "Teredo"),
+        ("2001::/23", "IETF protocol assignments"),
+        ("2001:db8::/32", "documentation"),
+        # IANA lists 6to4 as neither reachable nor not; its relays are deprecated (RFC 7526) and
+        # Python >= 3.11.10 no longer calls it global. Refused, so no Python version decides.
+        ("2002::/16", "6to4, deprecated by RFC 7526"),
+        ("3fff::/20", "documentation"),
+        ("5f00::/16", "SRv6 segment identifiers"),
+    )
+)
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT, RFC 2765
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated by RFC 4291
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215
+# The prefix lengths RFC 6052 defines that fit inside the local-use /48: the operator picks one.
+_LOCAL_USE_LENGTHS = (96, 64, 56, 48)
+
+
+class Embedded(NamedTuple):
+    """An IPv4 address that an IPv6 address carries, and the form that carries it."""
+
+    form: str
+    ipv4: ipaddress.IPv4Address
+
+
+def rfc6052_ipv4(address: ipaddress.IPv6Address, prefix_length: int) -> ipaddress.IPv4Address:
+    """The IPv4 address in an IPv4-embedded IPv6 address whose prefix is `prefix_length` bits
+    (RFC 6052 section 2.2; one of 32, 40, 48, 56, 64, 96).
+
+    Bits 64-71 (the "u" octet) never carry address bits, so for prefixes shorter than /96 the
+    IPv4 address runs on across them: a /48 prefix puts its first 16 bits at 48-63 and the other
+    16 at 72-87. Dropping the u octet leaves 120 bits in which the IPv4 address simply follows
+    the prefix.
+    """
+    if prefix_length not in (32, 40, 48, 56, 64, 96):
+        raise ValueError(f"RFC 6052 defines no /{prefix_length} prefix")
+    bits = int(address)
+    if prefix_length == 96:
+        return ipaddress.IPv4Address(bits & 0xFFFFFFFF)
+    without_u = (bits >> 64 << 56) | (bits & ((1 << 56) - 1))  # the top 64 bits, then the low 56
+    return ipaddress.IPv4Address((without_u >> (120 - prefix_length - 32)) & 0xFFFFFFFF)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[Embedded]:
+    """Every IPv4 address `address` carries: a gateway, tunnel or dual stack might deliver to it."""
+    found: list[Embedded] = []
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _IPV4_MAPPED:
+        found.append(Embedded("IPv4-mapped", low32))
+    elif address in _IPV4_TRANSLATED:
+        found.append(Embedded("IPv4-translated (SIIT)", low32))
+    elif address in _IPV4_COMPATIBLE and int(address) > 1:  # :: and ::1 are themselves, not IPv4
+        found.append(Embedded("IPv4-compatible", low32))
+    elif address in _NAT64_WELL_KNOWN:
+        found.append(Embedded("NAT64 64:ff9b::/96", low32))
+    elif address in _NAT64_LOCAL_USE:
+        found += [
+            Embedded(f"NAT64 local-use /{length}", rfc6052_ipv4(address, length)) for length in _LOCAL_USE_LENGTHS
+        ]
+    if address.sixtofour is not None:
+        found.append(Embedded("6to4", address.sixtofour))
+    if address.teredo is not None:
+        server, client = address.teredo  # the client's address is stored inverted; ipaddress undoes it
+        found += [Embedded("Teredo server", server), Embedded("Teredo client", client)]
+    return found
+
+
+def ipv4_refusal(address: ipaddress.IPv4Address) -> str | None:
+    """Why `address` is not a public destination, or None if it is."""
+    for network, why in _IPV4_REFUSED:
+        if address in network:
+            return why
+    return None if address.is_global else "not globally reachable"
+
+
+def ipv6_refusal(address: ipaddress.IPv6Address) -> str | None:
+    """Why the IPv6 address itself (whatever it embeds) reaches nothing public, or None."""
+    for network, why in _IPV6_REFUSED:
+        if address in network:
+            return why
+    if address not in _GLOBAL_UNICAST:
+        return "outside global unicast 2000::/3"
+    return None if address.is_global else "not globally reachable"
+
+
+def destination_refusal(text: str) -> str | None:
+    """Why a resolved address must not be called, or None if it may.
+
+    An IPv6 address is refused if it embeds any IPv4 address that is not public (a NAT64 gateway,
+    a 6to4 or Teredo tunnel, the kernel's dual stack or an old automatic tunnel could deliver to
+    it), and also if the IPv6 address itself is not global. Two forms only carry an IPv4 address
+    and are judged by it alone: IPv4-mapped (the socket connects over IPv4) and the NAT64
+    well-known prefix (RFC 6052 allows it only for public IPv4 addresses, and its gateway then
+    reaches the public address). Every other form is refused whatever it embeds: IPv4-compatible
+    and SIIT's translated form route nowhere, the NAT64 local-use prefix is not globally reachable
+    (and which of RFC 6052's placements the operator uses is unknowable here), 6to4 is deprecated
+    and Teredo is a client tunnel through a NAT.
+    """
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    if isinstance(address, ipaddress.IPv4Address):
+        return ipv4_refusal(address)
+    if address in _NAT64_LOCAL_USE:
+        # Refused as a whole: which reading is meant depends on the operator's prefix length.
+        readings = ", ".join(f"{rfc6052_ipv4(address, n)} at /{n}" for n in _LOCAL_USE_LENGTHS)
+        return f"NAT64 local-use prefix 64:ff9b:1::/48, not globally reachable (it reads as {readings})"
+    for form, ipv4 in embedded_ipv4(address):
+        why = ipv4_refusal(ipv4)
+        if why is not None:
+            return f"it embeds {ipv4} ({why}) as {form}"
+    if address in _IPV4_MAPPED or address in _NAT64_WELL_KNOWN:
+        return None
+    return ipv6_refusal(address)
+
+
 def check_destination(scheme: str, addresses: Iterable[str], allow_private: bool) -> None:
     """Refuse anything but https to public addresses, unless the operator allowed private ones.
 
@@ -250,11 +408,9 @@ def check_destination(scheme: str, addresses: Iterable[str], allow_private: bool
     if not resolved:
         raise DestinationRefused("the host does not resolve")
     for text in resolved:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
-            raise DestinationRefused(f"{text} is not a public address")
+        why = destination_refusal(text)
+        if why is not None:
+            raise DestinationRefused(f"{text} is not a public address: {why}")
 
 
 class Step(NamedTuple):

@@ -1,7 +1,9 @@
 """Standard Webhooks signing, the retry schedule, outcomes, destinations and the outbox rows."""
 
 import base64
+import ipaddress
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -18,10 +20,13 @@ from ledger.core.webhooks import (
     Subscription,
     build_deliveries,
     check_destination,
+    destination_refusal,
+    embedded_ipv4,
     new_secret,
     next_step,
     parse_retry_after,
     retry_delay,
+    rfc6052_ipv4,
     signature_header,
     signed_content,
 )
@@ -112,6 +117,165 @@ def test_public_https_only_and_every_address_must_be_public() -> None:
         check_destination("https", [], allow_private=False)
     with pytest.raises(DestinationRefused):
         check_destination("ftp", ["127.0.0.1"], allow_private=True)
+
+
+# --- IPv6 forms that carry an IPv4 address (issue 11: the SSRF filter let them through) ---------
+
+
+def v4(text: str) -> int:
+    return int(ipaddress.IPv4Address(text))
+
+
+def v6(value: int) -> str:
+    return str(ipaddress.IPv6Address(value))
+
+
+def rfc6052(prefix: str, length: int, ipv4: str) -> str:
+    """An IPv4-embedded IPv6 address built octet by octet from RFC 6052's figure 1 (section 2.2):
+    the IPv4 octets fill the octets after the prefix, skipping octet 8 (bits 64-71, "u")."""
+    octets = bytearray(ipaddress.IPv6Address(prefix).packed)
+    position = length // 8
+    for octet in ipaddress.IPv4Address(ipv4).packed:
+        if position == 8:
+            position += 1
+        octets[position] = octet
+        position += 1
+    return str(ipaddress.IPv6Address(bytes(octets)))
+
+
+# Each form with the IPv4 address it carries, and whether it may carry a public one: only where the
+# form itself is routable. IPv4-mapped is how a dual-stack socket names an IPv4 peer; the NAT64
+# well-known prefix is for public IPv4 addresses only (RFC 6052 3.1) and its gateway reaches them.
+# The rest are refused whatever they carry: IPv4-compatible is deprecated (RFC 4291), SIIT's
+# translated form is not routed, the NAT64 local-use prefix is not globally reachable (RFC 8215),
+# 6to4's relays are deprecated (RFC 7526; IANA: reachability N/A, and Python >= 3.11.10 calls it
+# not global), Teredo is a client tunnel through a NAT whose far end can be anything.
+FORMS: dict[str, tuple[Callable[[str], str], bool]] = {
+    "IPv4-compatible ::a.b.c.d": (lambda a: v6(v4(a)), False),
+    "IPv4-mapped ::ffff:a.b.c.d": (lambda a: v6(0xFFFF << 32 | v4(a)), True),
+    "IPv4-translated ::ffff:0:a.b.c.d": (lambda a: v6(0xFFFF << 48 | v4(a)), False),
+    "NAT64 64:ff9b::/96": (lambda a: rfc6052("64:ff9b::", 96, a), True),
+    "NAT64 local-use /96": (lambda a: rfc6052("64:ff9b:1::", 96, a), False),
+    "NAT64 local-use /64": (lambda a: rfc6052("64:ff9b:1::", 64, a), False),
+    "NAT64 local-use /56": (lambda a: rfc6052("64:ff9b:1::", 56, a), False),
+    "NAT64 local-use /48": (lambda a: rfc6052("64:ff9b:1::", 48, a), False),
+    "6to4 2002::/16": (lambda a: v6(0x2002 << 112 | v4(a) << 80 | 1), False),
+    # Teredo: server in bits 32-63, the client's address inverted in the last 32 bits.
+    "Teredo server": (
+        lambda a: v6(0x20010000 << 96 | v4(a) << 64 | 0x8000_63BF << 32 | v4("8.8.4.4") ^ 0xFFFFFFFF),
+        False,
+    ),
+    "Teredo client": (
+        lambda a: v6(0x20010000 << 96 | v4("8.8.4.4") << 64 | 0x8000_63BF << 32 | v4(a) ^ 0xFFFFFFFF),
+        False,
+    ),
+}
+INTERNAL_IPV4 = {
+    "127.0.0.1": "loopback",
+    "10.1.2.3": "private",
+    "172.16.5.4": "private",
+    "172.31.255.254": "private",
+    "192.168.1.1": "private",
+    "100.64.0.1": "CGNAT",
+    "100.127.255.254": "CGNAT",
+    "169.254.169.254": "link-local",
+    "224.0.0.1": "multicast",
+    "239.255.255.250": "multicast",
+    "0.0.0.0": "unspecified",
+    "240.0.0.1": "reserved",
+    "255.255.255.255": "broadcast",
+    "192.0.2.1": "documentation",
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("ipv4", INTERNAL_IPV4)
+def test_every_ipv6_form_that_embeds_an_internal_ipv4_address_is_refused(form: str, ipv4: str) -> None:
+    embed, _ = FORMS[form]
+    address = embed(ipv4)
+    # ::0.0.0.0 is ::, the IPv6 unspecified address, refused as itself.
+    named = "unspecified" if address == "::" else ipv4
+    if address != "::":
+        assert ipaddress.IPv4Address(ipv4) in [e.ipv4 for e in embedded_ipv4(ipaddress.IPv6Address(address))]
+    with pytest.raises(DestinationRefused, match="not a public address") as refused:
+        check_destination("https", [address], allow_private=False)
+    assert named in str(refused.value), "the message names the embedded address"
+    # Also behind a public address: every resolved address must pass.
+    with pytest.raises(DestinationRefused):
+        check_destination("https", ["2001:4860:4860::8888", address], allow_private=False)
+    check_destination("https", [address], allow_private=True)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_public_ipv4_is_accepted_only_in_a_routable_form(form: str) -> None:
+    embed, routable = FORMS[form]
+    address = embed("8.8.8.8")
+    assert ipaddress.IPv4Address("8.8.8.8") in [e.ipv4 for e in embedded_ipv4(ipaddress.IPv6Address(address))]
+    if routable:
+        check_destination("https", [address], allow_private=False)
+    else:
+        with pytest.raises(DestinationRefused, match="not a public address"):
+            check_destination("https", [address], allow_private=False)
+
+
+@pytest.mark.parametrize(
+    ("address", "embedded"),
+    [
+        # The four addresses of the issue.
+        ("::127.0.0.1", "127.0.0.1"),
+        ("64:ff9b::7f00:1", "127.0.0.1"),
+        ("64:ff9b:1::a00:1", "10.0.0.1"),
+        ("2002:7f00:1::", "127.0.0.1"),
+        # RFC 4380's example Teredo address: server 65.54.227.120, client 192.0.2.45 (documentation).
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45"),
+        ("::ffff:169.254.169.254", "169.254.169.254"),
+    ],
+)
+def test_the_reported_addresses_are_refused_and_the_message_names_what_they_embed(address: str, embedded: str) -> None:
+    why = destination_refusal(address)
+    assert why is not None
+    assert embedded in why
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["::1", "::", "fe80::1", "fe80::1%eth0", "fec0::1", "fc00::1", "fd12:3456::1", "ff02::1", "ff0e::1",
+     "2001:db8::1", "3fff::1", "100::1", "2001:2::1", "5f00::1", "4000::1", "::ffff:0:0"],
+)  # fmt: skip
+def test_non_global_ipv6_addresses_are_refused(address: str) -> None:
+    with pytest.raises(DestinationRefused, match="not a public address"):
+        check_destination("https", [address], allow_private=False)
+
+
+@pytest.mark.parametrize("address", ["2001:4860:4860::8888", "2606:4700:4700::1111", "2a00:1450:4001:80e::200e"])
+def test_plain_public_ipv6_is_accepted(address: str) -> None:
+    assert embedded_ipv4(ipaddress.IPv6Address(address)) == []
+    check_destination("https", [address], allow_private=False)
+
+
+@pytest.mark.parametrize(
+    ("length", "address"),
+    [
+        # RFC 6052 section 2.4's table: 192.0.2.33 under each prefix length.
+        (32, "2001:db8:c000:221::"),
+        (40, "2001:db8:1c0:2:21::"),
+        (48, "2001:db8:122:c000:2:2100::"),
+        (56, "2001:db8:122:3c0:0:221::"),
+        (64, "2001:db8:122:344:c0:2:2100:0"),
+        (96, "2001:db8:122:344::192.0.2.33"),
+    ],
+)
+def test_rfc6052_extraction_matches_the_rfc_examples(length: int, address: str) -> None:
+    assert rfc6052_ipv4(ipaddress.IPv6Address(address), length) == ipaddress.IPv4Address("192.0.2.33")
+
+
+@pytest.mark.parametrize("length", [32, 40, 48, 56, 64, 96])
+@pytest.mark.parametrize("ipv4", ["1.2.3.4", "255.0.255.0", "10.200.30.4", "8.8.8.8"])
+def test_rfc6052_extraction_inverts_the_placement(length: int, ipv4: str) -> None:
+    address = rfc6052("2001:db8:122:344::", length, ipv4)
+    assert rfc6052_ipv4(ipaddress.IPv6Address(address), length) == ipaddress.IPv4Address(ipv4)
+    with pytest.raises(ValueError):
+        rfc6052_ipv4(ipaddress.IPv6Address(address), 80)
 
 
 def entry(index: int, subject: str, purpose: str, action: str) -> Entry:
