@@ -37,6 +37,9 @@ def _b64decode(text: str) -> bytes:
         raise NoteError("invalid base64") from None
 
 
+SIGNATURE_SIZE = 64
+
+
 class Verifier:
     """A public key that checks signatures of one key name."""
 
@@ -69,6 +72,9 @@ class Verifier:
         return f"{self.name}+{self.id.hex()}+{base64.b64encode(raw).decode()}"
 
     def verify(self, text: bytes, signature: bytes) -> bool:
+        # PyNaCl raises ValueError, not BadSignatureError, for a signature of the wrong length.
+        if len(signature) != SIGNATURE_SIZE:
+            return False
         try:
             self.key.verify(text, signature)
         except BadSignatureError:

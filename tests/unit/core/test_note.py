@@ -85,3 +85,10 @@ def test_checkpoint_round_trip_and_origin() -> None:
 def test_malformed_checkpoint_bodies_are_refused(body: str) -> None:
     with pytest.raises(NoteError):
         parse_body(body)
+
+
+def test_a_signature_of_the_wrong_length_is_refused_not_raised() -> None:
+    signer = note.Signer.generate("length.test/log")
+    text = b"length.test/log\n1\n" + b"A" * 44 + b"\n"
+    for size in (0, 1, 63, 65, 128):
+        assert not signer.verifier.verify(text, b"\x00" * size)
