@@ -1,6 +1,9 @@
 """Shared builders for integration tests."""
 
+import asyncio
+import time
 import uuid
+from collections.abc import Callable
 
 from ledger.core.batch import Draft
 
@@ -19,3 +22,11 @@ def draft(device: str = "device-1", purpose: str = "pixverse_sharing", action: s
     }
     fields.update(extra)
     return Draft(**fields)
+
+
+async def until(condition: Callable[[], bool], within: float = 5, what: str = "the condition") -> None:
+    """Wait, without touching what is watched, until `condition()` holds; fail after `within` s."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not hold within {within} s"
+        await asyncio.sleep(0.005)

@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from ledger.settings import Settings
 from ledger.storage.postgres import Store, create_pool
 
 from .conftest import ORIGIN, bearer, ledger_server
-from .helpers import draft
+from .helpers import draft, until
 from .server import ADMIN_TOKEN, Base
 
 ADMIN = bearer(ADMIN_TOKEN)
@@ -144,13 +144,6 @@ async def test_a_commit_notice_alone_drops_the_changed_decision(database_url: st
         await writer.stop()
         await here.pool.close()
         await there.pool.close()
-
-
-async def until(condition: Callable[[], bool], within: float = 5) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        await asyncio.sleep(0.005)
 
 
 def tombstone(device_id: str) -> bytes:

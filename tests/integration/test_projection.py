@@ -1,7 +1,6 @@
 """The projection: the cache, the state table and a fold of the log always agree; staleness fails closed."""
 
 import asyncio
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +17,8 @@ from ledger.core.note import Signer
 from ledger.core.purposes import BUILT_IN
 from ledger.projection import Projection, Stale
 from ledger.storage.postgres import Store, create_pool
+
+from .helpers import draft, until
 
 PURPOSES = sorted(BUILT_IN.purposes)
 ORIGIN = "projection.test/log"
@@ -138,20 +139,6 @@ def test_cache_state_table_and_log_fold_agree(database_url: str) -> None:
         harness.loop.close()
 
 
-def draft(device: str, action: str = "grant", purpose: str = "telemetry") -> Draft:
-    return Draft(
-        id=str(uuid.uuid4()),
-        device_id=device,
-        purpose=purpose,
-        action=action,  # type: ignore[arg-type]
-        policy_version=1,
-        occurred_at=format_time(datetime.now(UTC)),
-        actor="user",
-        method="settings",
-        evidence={},
-    )
-
-
 async def open_parts(url: str, **projection: float) -> tuple[Store, Appender, Projection]:
     store = Store(await create_pool(url, max_size=4))
     signer = Signer.generate(ORIGIN)
@@ -183,12 +170,12 @@ async def test_a_cached_negative_answer_is_replaced_when_the_device_first_consen
         misses = view.misses
         assert await view.lookup([("new-device", "telemetry")]) == [None]
         assert view.misses == misses, "the negative answer was cached"
-        sealed = await appender.append(draft("new-device"))
+        sealed = await appender.append(draft("new-device", "telemetry"))
         assert await view.wait_for(sealed.tree_size, 5)
         [basis] = await view.lookup([("new-device", "telemetry")])
         assert basis is not None
         assert basis.action == "grant"
-        sealed = await appender.append(draft("new-device", "withdraw"))
+        sealed = await appender.append(draft("new-device", "telemetry", "withdraw"))
         assert await view.wait_for(sealed.tree_size, 5)
         hits = view.hits
         [basis] = await view.lookup([("new-device", "telemetry")])
@@ -209,15 +196,11 @@ async def test_another_writer_is_seen_through_notify(database_url: str) -> None:
     try:
         view = parts[2]
         await view.lookup([("n1", "telemetry")])
-        while not view.listening:
-            await asyncio.sleep(0.01)
-        sealed = await writer.append(draft("n1"))
+        await until(lambda: view.listening, what="listening")
+        sealed = await writer.append(draft("n1", "telemetry"))
         # Not view.wait_for: it looks at the database itself. Only the NOTIFY can wake the
         # tailer here (it polls every 30 s), so this fails when LISTEN is broken.
-        deadline = time.monotonic() + 5
-        while view.applied < sealed.tree_size:
-            assert time.monotonic() < deadline, "the NOTIFY did not arrive"
-            await asyncio.sleep(0.01)
+        await until(lambda: view.applied >= sealed.tree_size, what="the NOTIFY")
     finally:
         await writer.stop()
         await other.pool.close()
@@ -228,7 +211,7 @@ async def test_a_projection_that_cannot_confirm_it_is_current_fails_closed(datab
     parts = await open_parts(database_url, max_staleness_ms=200, poll_interval=0.05)
     store, appender, view = parts
     try:
-        await appender.append(draft("s1"))
+        await appender.append(draft("s1", "telemetry"))
         await view.lookup([("s1", "telemetry")])
         await view.stop()  # the tailer no longer looks at the database
         await asyncio.sleep(0.3)
