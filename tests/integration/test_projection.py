@@ -177,8 +177,29 @@ async def test_a_cached_negative_answer_is_replaced_when_the_device_first_consen
         assert basis.action == "grant"
         sealed = await appender.append(draft("new-device", "telemetry", "withdraw"))
         assert await view.wait_for(sealed.tree_size, 5)
-        hits = view.hits
         [basis] = await view.lookup([("new-device", "telemetry")])
+        assert basis is not None
+        assert basis.action == "withdraw"
+    finally:
+        await close_parts(*parts)
+
+
+async def test_the_tailer_updates_cached_decisions_in_place(database_url: str) -> None:
+    """Without LISTEN (so no commit notice drops the key), the polling tailer alone brings the
+    withdrawal into the cached entry: the next answer is a hit, and it is the withdrawal."""
+    parts = await open_parts(database_url, poll_interval=0.05)
+    _store, appender, view = parts
+    try:
+        view._tasks[0].cancel()  # the LISTEN connection
+        sealed = await appender.append(draft("tailed", "telemetry"))
+        await until(lambda: view.applied >= sealed.tree_size, what="the tailer")
+        [basis] = await view.lookup([("tailed", "telemetry")])
+        assert basis is not None
+        assert basis.action == "grant"
+        sealed = await appender.append(draft("tailed", "telemetry", "withdraw"))
+        await until(lambda: view.applied >= sealed.tree_size, what="the tailer")
+        hits = view.hits
+        [basis] = await view.lookup([("tailed", "telemetry")])
         assert basis is not None
         assert basis.action == "withdraw"
         assert view.hits == hits + 1, "answered from the cache, which the tailer updated"
