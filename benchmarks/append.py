@@ -27,8 +27,8 @@ from ledger.appender import Appender
 from ledger.core.batch import Draft
 from ledger.core.note import Signer
 from ledger.core.proof import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
+from ledger.storage import Stores, create_pool, open_stores
 from ledger.storage.migrations import migrate
-from ledger.storage.postgres import Store, create_pool
 
 ORIGIN = "bench.example/log"
 
@@ -47,21 +47,21 @@ def draft(n: int) -> Draft:
     )
 
 
-async def fresh_store(server_url: str) -> Store:
+async def fresh_store(server_url: str) -> Stores:
     name = f"bench_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(server_url)
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
     url = embedded.with_database(server_url, name)
     await migrate(url)
-    return Store(await create_pool(url, max_size=8))
+    return open_stores(await create_pool(url, max_size=8))
 
 
 async def measure_appends(server_url: str, writers: int, group: bool, seconds: float) -> float:
     store = await fresh_store(server_url)
     signer = Signer.generate(ORIGIN)
-    await store.register_key(signer.verifier)
-    appender = Appender(store, signer, ORIGIN, max_batch=4096 if group else 1)
+    await store.log.register_key(signer.verifier)
+    appender = Appender(store.log, signer, ORIGIN, max_batch=4096 if group else 1)
     await appender.start()
     done = 0
     stop = time.monotonic() + seconds
@@ -86,10 +86,10 @@ async def measure_appends(server_url: str, writers: int, group: bool, seconds: f
     return done / elapsed
 
 
-async def build_log(store: Store, size: int) -> None:
+async def build_log(store: Stores, size: int) -> None:
     signer = Signer.generate(ORIGIN)
-    await store.register_key(signer.verifier)
-    appender = Appender(store, signer, ORIGIN, max_batch=10_000)
+    await store.log.register_key(signer.verifier)
+    appender = Appender(store.log, signer, ORIGIN, max_batch=10_000)
     await appender.start()
     started = time.monotonic()
     chunk = 10_000
@@ -101,24 +101,24 @@ async def build_log(store: Store, size: int) -> None:
     progress("")
 
 
-async def measure_proofs(store: Store, size: int, count: int) -> dict[str, dict[str, float]]:
+async def measure_proofs(store: Stores, size: int, count: int) -> dict[str, dict[str, float]]:
     """Steady-state proof latency. The first statement on each new pool connection pays for
     asyncpg's statement preparation and the backend's cold caches (about 13 ms seen here), once
     per connection: that is timed and reported apart, then the pool is warmed untimed."""
     rng = random.Random(6962)
     timings: dict[str, list[float]] = {"inclusion": [], "consistency": []}
     t0 = time.perf_counter()
-    await store.nodes(inclusion_nodes(0, size))
+    await store.log.nodes(inclusion_nodes(0, size))
     cold_ms = (time.perf_counter() - t0) * 1000
-    await asyncio.gather(*(store.nodes(inclusion_nodes(i, size)) for i in range(store.pool.get_max_size())))
+    await asyncio.gather(*(store.log.nodes(inclusion_nodes(i, size)) for i in range(store.pool.get_max_size())))
     for i in range(count):
         index = rng.randrange(size)
         t0 = time.perf_counter()
-        inclusion_proof(index, size, await store.nodes(inclusion_nodes(index, size)))
+        inclusion_proof(index, size, await store.log.nodes(inclusion_nodes(index, size)))
         timings["inclusion"].append((time.perf_counter() - t0) * 1000)
         old = rng.randrange(1, size)
         t0 = time.perf_counter()
-        consistency_proof(old, size, await store.nodes(consistency_nodes(old, size)))
+        consistency_proof(old, size, await store.log.nodes(consistency_nodes(old, size)))
         timings["consistency"].append((time.perf_counter() - t0) * 1000)
         if i % 100 == 0:
             progress(f"proofs: {i}/{count}")

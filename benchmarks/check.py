@@ -33,8 +33,8 @@ import httpx
 
 from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, percentile, progress, pyplot
 from ledger import embedded
+from ledger.storage import create_pool, open_stores
 from ledger.storage.migrations import migrate
-from ledger.storage.postgres import Store, create_pool
 
 PURPOSES = ("pixverse_sharing", "cross_border_transfer", "telemetry")
 PACED_CONNECTIONS = 128
@@ -256,11 +256,11 @@ async def memory_per_decision(url: str, devices: int) -> float:
     """Bytes the projection's caches hold per cached decision (keys, subject strings and entries)."""
     from ledger.projection import Projection
 
-    store = Store(await create_pool(url, max_size=2))
-    projection = Projection(store, url, cache_size=devices * 3, max_staleness_ms=60_000)
+    store = open_stores(await create_pool(url, max_size=2))
+    projection = Projection(store.log, store.subjects, url, cache_size=devices * 3, max_staleness_ms=60_000)
     await projection.start()
     pairs = [(f"bench-{i}", purpose) for i in range(devices) for purpose in PURPOSES]
-    await store.states(pairs[:10])  # warm asyncpg's statement cache outside the measurement
+    await store.subjects.states(pairs[:10])  # warm asyncpg's statement cache outside the measurement
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for begin in range(0, len(pairs), 1000):

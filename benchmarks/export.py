@@ -47,33 +47,33 @@ def verify(directory: Path, verifier: Verifier) -> float:
 async def measure(server_url: str, size: int, filtered: int, tmp: Path) -> dict[str, float]:
     store = await fresh_store(server_url)
     await build_log(store, size)
-    [key] = list(await store.keys())
+    [key] = list(await store.log.keys())
     verifier = Verifier.from_vkey(key.vkey)
     rates: dict[str, float] = {}
 
     progress("export: whole log to files")
-    full = await export.plan(store)
+    full = await export.plan(store.log)
     started = time.monotonic()
-    await export.write_directory(store, full, tmp / "full")
+    await export.write_directory(store.log, full, tmp / "full")
     rates["export, whole log (files)"] = size / (time.monotonic() - started)
 
     progress("export: whole log as a tar stream")
     started = time.monotonic()
     streamed = 0
-    async for chunk in export.tar_stream(store, full):
+    async for chunk in export.tar_stream(store.log, full):
         streamed += len(chunk)
     rates["export, whole log (tar stream)"] = size / (time.monotonic() - started)
 
     progress(f"export: {filtered:,} entries with proofs")
     middle = size // 2
-    part = await export.plan(store, middle, middle + filtered)
+    part = await export.plan(store.log, middle, middle + filtered)
     started = time.monotonic()
-    await export.write_directory(store, part, tmp / "part")
+    await export.write_directory(store.log, part, tmp / "part")
     rates[f"export, {filtered:,} entries with proofs"] = filtered / (time.monotonic() - started)
 
     progress("verify-state: refold the whole log and compare the state table")
     started = time.monotonic()
-    report = await verify_state(store, [verifier])
+    report = await verify_state(store.log, [verifier])
     assert not report.differences
     rates["verify-state, whole log (`ledger verify-state`)"] = size / (time.monotonic() - started)
     await store.pool.close()

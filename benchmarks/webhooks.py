@@ -32,8 +32,8 @@ from ledger.appender import Appender
 from ledger.core.batch import Draft
 from ledger.core.entry import format_time
 from ledger.keys import read_key_file, write_key_file
+from ledger.storage import create_pool, open_stores
 from ledger.storage.migrations import migrate
-from ledger.storage.postgres import Store, create_pool
 from tests.integration.receiver import Receiver
 
 
@@ -69,9 +69,9 @@ def latency(env: dict[str, str], receiver: Receiver, rounds: int) -> list[float]
 
 
 async def queue_withdrawals(url: str, key_file: Path, count: int) -> None:
-    store = Store(await create_pool(url, max_size=4))
+    store = open_stores(await create_pool(url, max_size=4))
     signer = read_key_file(key_file)
-    appender = Appender(store, signer, signer.name)
+    appender = Appender(store.log, signer, signer.name)
     await appender.start()
     now = format_time(datetime.now(UTC))
     drafts = [

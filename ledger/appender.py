@@ -24,9 +24,9 @@ from ledger.core.note import Signer
 from ledger.core.notice import changed_keys, encode_notices
 from ledger.core.rfc6962 import EMPTY_ROOT
 from ledger.core.tree import CompactRange, range_nodes
-from ledger.core.webhooks import Delivery, Subscription, build_deliveries
+from ledger.core.webhooks import build_deliveries, erasure_deliveries
 from ledger.errors import IdempotencyConflict, LogCorrupted, StorageError
-from ledger.storage.postgres import AppendTransaction, EntryRow, Head, Store
+from ledger.storage.log import AppendTransaction, EntryRow, Head, LogStore
 
 log = logging.getLogger("ledger.appender")
 
@@ -58,8 +58,8 @@ class UnknownDevice(StorageError):
 
 
 class Appender:
-    def __init__(self, store: Store, signer: Signer, origin: str, *, max_batch: int = 2048) -> None:
-        self.store = store
+    def __init__(self, log: LogStore, signer: Signer, origin: str, *, max_batch: int = 2048) -> None:
+        self.log = log
         self.signer = signer
         self.origin = origin
         self.max_batch = max_batch
@@ -119,7 +119,7 @@ class Appender:
 
     async def _ensure_genesis(self) -> None:
         """Sign the empty tree once, so the log always has a checkpoint to serve and extend."""
-        async with self.store.appending() as tx:
+        async with self.log.appending() as tx:
             if await tx.lock_head() is None:
                 await self._write(tx, [], CompactRange(), None, [])
 
@@ -156,7 +156,7 @@ class Appender:
                 self._queue.task_done()
 
     async def _commit(self, batch: list[_Pending]) -> list[Outcome | Exception]:
-        async with self.store.appending() as tx:
+        async with self.log.appending() as tx:
             head = await tx.lock_head()
             tree = await self._current_tree(tx, head)
             claimed = await tx.claimed([p.claim.scope for p in batch if p.claim])
@@ -178,15 +178,18 @@ class Appender:
         return [_outcome(i, s, appended) for i, s in enumerate(plan)]
 
     async def _commit_erase(self, pending: _Pending, tombstone: bytes) -> Outcome | Exception:
-        async with self.store.appending() as tx:
+        async with self.log.appending() as tx:
             head = await tx.lock_head()
             tree = await self._current_tree(tx, head)
             subject = await tx.existing_subject(pending.draft.device_id)
             if subject is None:
                 return UnknownDevice("the ledger holds no consent for this device")
             batch = await self._write(tx, [pending.draft], tree, head, [subject])
-            erased = batch.sealed[0].entry
-            await tx.erase(subject, tombstone, pending.draft.device_id, erased.recorded_at)
+            await tx.erase(subject, tombstone)
+            told = erasure_deliveries(
+                pending.draft.device_id, await tx.subscriptions(), batch.sealed[0].entry.recorded_at
+            )
+            await tx.enqueue(told)
         self._committed(batch, [pending.draft])
         return batch.sealed[0]
 
@@ -226,32 +229,31 @@ class Appender:
         subjects: list[str],
         claims: list[Claim | None] | None = None,
     ) -> SealedBatch:
+        """Seal the drafts and write everything that commits with them: entries, nodes, the
+        checkpoint, settled keys, the state table, the outbox and the commit notices."""
         now = datetime.now(UTC)
         # recorded_at never goes backwards along the log, even if this replica's clock lags.
         recorded = max(now, head.recorded_at) if head else now
-        batch = seal_batch(tree, drafts, subjects, format_time(recorded), self.origin, self.signer)
-        rows = [EntryRow(s.entry.index, s.leaf, s.entry.subject, s.entry.purpose, recorded) for s in batch.sealed]
-        new_head = Head(batch.checkpoint.size, batch.checkpoint.root, batch.note, recorded)
-        claim_rows = [
-            (c.token_name, c.key, c.request_hash, s.entry.index)
-            for c, s in zip(claims or [], batch.sealed, strict=False)
-            if c is not None
-        ]
-        entries = [(s.entry, d.device_id) for s, d in zip(batch.sealed, drafts, strict=True)]
-
-        def outbox(sequences: dict[tuple[str, str], int], subscriptions: list[Subscription]) -> list[Delivery]:
-            note, recorded_at = batch.note, format_time(recorded)
-            return build_deliveries(entries, sequences, subscriptions, batch.checkpoint, note, recorded_at)
-
+        recorded_at = format_time(recorded)
+        batch = seal_batch(tree, drafts, subjects, recorded_at, self.origin, self.signer)
+        entries = [s.entry for s in batch.sealed]
+        counts = await tx.upsert_state(latest_per_key(entries), Tally((e.subject, e.purpose) for e in entries))
+        devices = [(e, d.device_id) for e, d in zip(entries, drafts, strict=True)]
+        subscriptions = await tx.subscriptions()
+        await tx.enqueue(build_deliveries(devices, counts, subscriptions, batch.checkpoint, batch.note, recorded_at))
         await tx.write(
-            rows,
+            [
+                EntryRow(e.index, s.leaf, e.subject, e.purpose, recorded)
+                for e, s in zip(entries, batch.sealed, strict=True)
+            ],
             batch.nodes,
-            new_head,
+            Head(batch.checkpoint.size, batch.checkpoint.root, batch.note, recorded),
             self.signer.verifier.id.hex(),
-            latest_per_key([s.entry for s in batch.sealed]),
-            claim_rows,
-            Tally((s.entry.subject, s.entry.purpose) for s in batch.sealed),
-            outbox,
-            encode_notices(tree.size, batch.checkpoint.size, changed_keys(s.entry for s in batch.sealed)),
+            [
+                (c.token_name, c.key, c.request_hash, e.index)
+                for c, e in zip(claims or [], entries, strict=False)
+                if c is not None
+            ],
         )
+        await tx.notify(encode_notices(tree.size, batch.checkpoint.size, changed_keys(entries)))
         return batch

@@ -15,8 +15,7 @@ from ledger.core.errors import LedgerError, VerificationError
 from ledger.core.note import Verifier
 from ledger.errors import ConfigError
 from ledger.settings import Settings, load_registry, unknown_variables
-from ledger.storage import migrations
-from ledger.storage.postgres import Store, create_pool
+from ledger.storage import Stores, create_pool, migrations, open_stores
 
 log = logging.getLogger("ledger")
 
@@ -34,7 +33,7 @@ def database(settings: Settings) -> Iterator[str]:
 
 async def _with_store(url: str, action):  # type: ignore[no-untyped-def]
     await migrations.migrate(url)
-    store = Store(await create_pool(url, max_size=2))
+    store = open_stores(await create_pool(url, max_size=2))
     try:
         return await action(store)
     finally:
@@ -111,8 +110,8 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
     scopes = list(dict.fromkeys(args.scope))
     token = auth.new_token()
 
-    async def create(store: Store) -> None:
-        await store.create_token(args.name, auth.token_hash(token), scopes)
+    async def create(store: Stores) -> None:
+        await store.tokens.create_token(args.name, auth.token_hash(token), scopes)
 
     with database(settings) as url:
         try:
@@ -127,8 +126,8 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    async def revoke(store: Store) -> int:
-        return await store.revoke_token(args.name)
+    async def revoke(store: Stores) -> int:
+        return await store.tokens.revoke_token(args.name)
 
     with database(settings) as url:
         count = asyncio.run(_with_store(url, revoke))
@@ -166,9 +165,9 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise ConfigError(f"--since/--until: {exc}") from None
 
-    async def run(store: Store) -> export.Plan:
-        p = await export.plan(store, args.start, args.end, since, until)
-        await export.write_directory(store, p, Path(args.out), _progress)
+    async def run(store: Stores) -> export.Plan:
+        p = await export.plan(store.log, args.start, args.end, since, until)
+        await export.write_directory(store.log, p, Path(args.out), _progress)
         return p
 
     with database(settings) as url:
@@ -258,8 +257,8 @@ def cmd_verify_state(_: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"no signing key at {path}: set LEDGER_SIGNING_KEY or LEDGER_DATA_DIR as the server has them")
     verifier = keys.read_key_file(path).verifier
 
-    async def run(store: Store):  # type: ignore[no-untyped-def]
-        return await verify_state(store, [verifier], lambda done, total: _progress("refolded", done, total))
+    async def run(store: Stores):  # type: ignore[no-untyped-def]
+        return await verify_state(store.log, [verifier], lambda done, total: _progress("refolded", done, total))
 
     with database(settings) as url:
         try:

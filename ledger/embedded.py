@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ledger.errors import ConfigError
 from ledger.settings import Settings
-from ledger.storage.postgres import ensure_database
+from ledger.storage.database import ensure_database
 
 DATABASE = "ledger"
 

@@ -18,7 +18,7 @@ import msgspec
 from ledger.core.proof import ManyProofs, inclusion_ranges
 from ledger.core.verify import ProofLine
 from ledger.errors import InvalidRequest, StorageError
-from ledger.storage.postgres import Store
+from ledger.storage.log import LogStore
 
 PAGE = 10_000
 ENTRIES, CHECKPOINT, KEYS, PROOFS = "entries.ndjson", "checkpoint", "keys", "proofs.ndjson"
@@ -45,13 +45,13 @@ class Plan(NamedTuple):
 
 
 async def plan(
-    store: Store,
+    log: LogStore,
     start: int | None = None,
     end: int | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> Plan:
-    head = await store.head()
+    head = await log.head()
     if head is None:
         raise StorageError("the log has no checkpoint yet")
     first = 0 if start is None else start
@@ -63,24 +63,24 @@ async def plan(
     if since is not None and until is not None and until <= since:
         raise InvalidRequest("until must be after since")
     if since is not None or until is not None:
-        first, last = await store.index_range(first, last, since, until)
-    keys = [k.vkey for k in await store.keys() if not k.key_name.endswith(WEBHOOK_KEY_SUFFIX)]
+        first, last = await log.index_range(first, last, since, until)
+    keys = [k.vkey for k in await log.keys() if not k.key_name.endswith(WEBHOOK_KEY_SUFFIX)]
     return Plan(first, last, head.size, head.note, keys)
 
 
-async def entry_lines(store: Store, p: Plan) -> AsyncIterator[bytes]:
+async def entry_lines(log: LogStore, p: Plan) -> AsyncIterator[bytes]:
     """entries.ndjson, a page at a time."""
     for page in range(p.start, p.end, PAGE):
-        rows = await store.entries(page, min(page + PAGE, p.end))
+        rows = await log.entries(page, min(page + PAGE, p.end))
         yield b"".join(row + b"\n" for row in rows)
 
 
-async def proof_lines(store: Store, p: Plan) -> AsyncIterator[bytes]:
+async def proof_lines(log: LogStore, p: Plan) -> AsyncIterator[bytes]:
     """proofs.ndjson, a page at a time, each page's nodes fetched in one query."""
     for page in range(p.start, min(p.end, p.tree_size), PAGE):
         indexes = range(page, min(page + PAGE, p.end))
         many = ManyProofs(indexes, p.tree_size)
-        proofs = many.proofs(await store.nodes(many.nodes()))
+        proofs = many.proofs(await log.nodes(many.nodes()))
         yield b"".join(
             _encode(ProofLine(i, p.tree_size, [h.hex() for h in proof])) + b"\n"
             for i, proof in zip(indexes, proofs, strict=True)
@@ -105,7 +105,7 @@ def _text(lines: list[str]) -> bytes:
 ProgressFn = Callable[[str, int, int], None]
 
 
-async def write_directory(store: Store, p: Plan, out: Path, progress: ProgressFn | None = None) -> None:
+async def write_directory(log: LogStore, p: Plan, out: Path, progress: ProgressFn | None = None) -> None:
     """The bundle as files in `out` (created if missing)."""
     out.mkdir(parents=True, exist_ok=True)
 
@@ -118,16 +118,16 @@ async def write_directory(store: Store, p: Plan, out: Path, progress: ProgressFn
                 if progress:
                     progress(name, written, p.entry_count)
 
-    await write(ENTRIES, entry_lines(store, p))
+    await write(ENTRIES, entry_lines(log, p))
     if p.filtered:
-        await write(PROOFS, proof_lines(store, p))
+        await write(PROOFS, proof_lines(log, p))
     elif (out / PROOFS).exists():
         (out / PROOFS).unlink()
     (out / CHECKPOINT).write_text(p.checkpoint)
     (out / KEYS).write_bytes(_text(p.keys))
 
 
-async def tar_stream(store: Store, p: Plan) -> AsyncIterator[bytes]:
+async def tar_stream(log: LogStore, p: Plan) -> AsyncIterator[bytes]:
     """The same bundle as an uncompressed tar, streamed; each file's size is known up front."""
     now = int(time.time())
 
@@ -141,15 +141,15 @@ async def tar_stream(store: Store, p: Plan) -> AsyncIterator[bytes]:
 
     for name, content in ((CHECKPOINT, p.checkpoint.encode()), (KEYS, _text(p.keys))):
         yield header(name, len(content)) + content + padding(len(content))
-    size = await store.entries_size(p.start, p.end)
+    size = await log.entries_size(p.start, p.end)
     yield header(ENTRIES, size)
-    async for chunk in entry_lines(store, p):
+    async for chunk in entry_lines(log, p):
         yield chunk
     yield padding(size)
     if p.filtered:
         size = proofs_size(p)
         yield header(PROOFS, size)
-        async for chunk in proof_lines(store, p):
+        async for chunk in proof_lines(log, p):
             yield chunk
         yield padding(size)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)

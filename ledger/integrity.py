@@ -23,7 +23,7 @@ from ledger.core.note import Verifier
 from ledger.core.proof import InclusionVerifier, ManyProofs
 from ledger.core.rfc6962 import leaf_hash
 from ledger.errors import LogCorrupted, StorageError
-from ledger.storage.postgres import Store
+from ledger.storage.log import LogStore
 
 log = logging.getLogger("ledger.integrity")
 OPENED_NOTES = 256
@@ -63,8 +63,8 @@ class SignedTree(NamedTuple):
 
 
 class ProvenLog:
-    def __init__(self, store: Store, verifiers: list[Verifier], integrity: Integrity) -> None:
-        self.store = store
+    def __init__(self, log: LogStore, verifiers: list[Verifier], integrity: Integrity) -> None:
+        self.store = log
         self.verifiers = verifiers
         self.integrity = integrity
         self._opened: dict[str, Checkpoint] = {}

@@ -46,7 +46,10 @@ from ledger.core.entry import Entry, parse_entry
 from ledger.core.errors import EntryError
 from ledger.core.notice import decode_notice, is_erasure
 from ledger.errors import LogCorrupted, StorageError
-from ledger.storage.postgres import LOG_CHANNEL, TOKEN_CHANNEL, StateRow, Store
+from ledger.storage import notifications
+from ledger.storage.log import LogStore
+from ledger.storage.notifications import LOG_CHANNEL, TOKEN_CHANNEL
+from ledger.storage.subjects import StateRow, SubjectStore
 
 log = logging.getLogger("ledger.projection")
 MISSING: Final = object()
@@ -86,7 +89,8 @@ class ImpossibleState(LogCorrupted):
 class Projection:
     def __init__(
         self,
-        store: Store,
+        log: LogStore,
+        subjects: SubjectStore,
         database_url: str,
         *,
         cache_size: int,
@@ -95,7 +99,8 @@ class Projection:
         on_tokens_changed: "list[object] | None" = None,
         tombstone: Callable[[str], bytes] | None = None,
     ) -> None:
-        self.store = store
+        self.log = log
+        self.subjects = subjects
         self.tombstone = tombstone
         self.url = database_url
         self.max_staleness = max_staleness_ms / 1000
@@ -119,7 +124,7 @@ class Projection:
 
     async def start(self) -> None:
         # An empty cache reflects any log size: start at the head, nothing to replay.
-        self.applied = self.horizon = await self.store.log_size()
+        self.applied = self.horizon = await self.log.log_size()
         self.caught_up_at = time.monotonic()
         self._tasks = [
             asyncio.create_task(self._listen(), name="ledger-listen"),
@@ -201,7 +206,7 @@ class Projection:
             self.misses += len(missing)
             wanted = [pairs[i] for i in missing]
             stones = [self.tombstone(device) for device, _ in wanted] if self.tombstone else None
-            rows, snapshot = await self.store.states(wanted, stones)
+            rows, snapshot = await self.subjects.states(wanted, stones)
             cacheable = snapshot >= self.horizon
             for i, row in zip(missing, rows, strict=True):
                 basis = checked_basis(row)
@@ -264,7 +269,7 @@ class Projection:
         while True:
             try:
                 lost = asyncio.Event()
-                async with self.store.listening(
+                async with notifications.listening(
                     self.url, {LOG_CHANNEL: self._ring, TOKEN_CHANNEL: self._tokens_changed}, on_lost=lost.set
                 ):
                     self.listening = True
@@ -295,9 +300,9 @@ class Projection:
 
     async def catch_up(self) -> None:
         looked_at = time.monotonic()
-        head = await self.store.log_size()
+        head = await self.log.log_size()
         while self.applied < head:
-            rows = await self.store.tail(self.applied, min(self.applied + TAIL_PAGE, head))
+            rows = await self.log.tail(self.applied, min(self.applied + TAIL_PAGE, head))
             if not rows:
                 break
             for row in rows:

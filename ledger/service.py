@@ -46,8 +46,9 @@ from ledger.models import (
 )
 from ledger.projection import Projection
 from ledger.settings import Settings
-from ledger.storage import migrations
-from ledger.storage.postgres import Store, SubscriptionRecord, TokenRecord, create_pool
+from ledger.storage import Stores, create_pool, migrations, open_stores
+from ledger.storage.outbox import SubscriptionRecord
+from ledger.storage.tokens import TokenRecord
 from ledger.webhooks import Dispatcher
 
 ADMIN_TOKEN_NAME = "LEDGER_ADMIN_TOKEN"
@@ -87,7 +88,7 @@ class Ledger:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: Stores,
         appender: Appender,
         signer: Signer,
         projection: Projection,
@@ -103,7 +104,7 @@ class Ledger:
         self.tombstone = tombstone_hasher(settings, signer)
         self.webhook_verifier = Verifier(f"{signer.name}/webhooks", bytes(webhook_key(signer).verify_key))
         self.integrity = Integrity()
-        self.log = ProvenLog(store, [signer.verifier], self.integrity)
+        self.log = ProvenLog(store.log, [signer.verifier], self.integrity)
         self._seen = 0
         self._tokens: dict[bytes, tuple[TokenRecord, float]] = {}
         projection.token_listeners.append(self.forget_tokens)
@@ -111,15 +112,16 @@ class Ledger:
     @classmethod
     async def open(cls, settings: Settings, database_url: str, signer: Signer) -> "Ledger":
         await migrations.migrate(database_url)
-        store = Store(await create_pool(database_url))
+        store = open_stores(await create_pool(database_url))
         try:
-            await store.register_key(signer.verifier)
+            await store.log.register_key(signer.verifier)
             if settings.admin_token:
-                await store.ensure_token(ADMIN_TOKEN_NAME, auth.token_hash(settings.admin_token), ["admin"])
-            appender = Appender(store, signer, settings.log_origin)
+                await store.tokens.ensure_token(ADMIN_TOKEN_NAME, auth.token_hash(settings.admin_token), ["admin"])
+            appender = Appender(store.log, signer, settings.log_origin)
             await appender.start()
             projection = Projection(
-                store,
+                store.log,
+                store.subjects,
                 database_url,
                 cache_size=settings.cache_size,
                 max_staleness_ms=settings.max_staleness_ms,
@@ -127,8 +129,8 @@ class Ledger:
             )
             await projection.start()
             key = webhook_key(signer)
-            await store.register_key(Verifier(f"{signer.name}/webhooks", bytes(key.verify_key)))
-            dispatcher = Dispatcher(store, key, allow_private=settings.webhook_allow_private)
+            await store.log.register_key(Verifier(f"{signer.name}/webhooks", bytes(key.verify_key)))
+            dispatcher = Dispatcher(store.outbox, key, allow_private=settings.webhook_allow_private)
             projection.log_listeners.append(dispatcher.ring)
             # The projection first: it must hold the batch before any receipt of it goes out.
             appender.on_commit.append(projection.apply_committed)
@@ -164,7 +166,7 @@ class Ledger:
         cached = self._tokens.get(presented)
         if cached is not None and time.monotonic() - cached[1] < TOKEN_CACHE_SECONDS:
             return cached[0]
-        record = await self.store.token(presented)
+        record = await self.store.tokens.token(presented)
         # The lookup is by hash (which says nothing useful about the token); comparing the stored
         # hash in constant time as well keeps any timing out of the final decision.
         if record is None or not auth.same_hash(record.token_hash, presented):
@@ -302,7 +304,7 @@ class Ledger:
         it to its old entries any more."""
         tree = await self.log.head()
         stones = [self.tombstone(device_id) for device_id, _ in pairs]
-        histories = await self.store.pair_histories(pairs, stones, tree.checkpoint.size)
+        histories = await self.store.subjects.pair_histories(pairs, stones, tree.checkpoint.size)
         proven = await self.log.prove(tree, {i: d for h in histories for i, d in h.entries.items()})
         decisions = []
         for (_, purpose), history in zip(pairs, histories, strict=True):
@@ -340,7 +342,7 @@ class Ledger:
         """The person's own record: every entry proved against one checkpoint, the salt to
         recompute the pseudonym, and per purpose its record of processing and current standing."""
         check_device(device_id)
-        found = await self.store.subject_salt(device_id)
+        found = await self.store.subjects.subject_salt(device_id)
         if found is None:
             return None
         subject, salt = found
@@ -361,11 +363,11 @@ class Ledger:
     async def history(self, device_id: str) -> list[Receipt]:
         """The device's receipts, oldest first, each proven against the latest checkpoint."""
         check_device(device_id)
-        subject = await self.store.subject_of(device_id)
+        subject = await self.store.subjects.subject_of(device_id)
         if subject is None:
             return []
         tree = await self.log.head()
-        proven = await self.log.prove(tree, await self.store.history(subject, tree.checkpoint.size))
+        proven = await self.log.prove(tree, await self.store.subjects.history(subject, tree.checkpoint.size))
         return [self._proven_receipt(device_id, p, tree) for _, p in sorted(proven.items())]
 
     # -- webhooks ----------------------------------------------------------------------------
@@ -376,23 +378,23 @@ class Ledger:
             raise UnprocessableRequest(self._unknown_purpose(unknown[0]))
         await check_webhook_url(body.url, self.settings.webhook_allow_private)
         secret = new_secret()
-        record = await self.store.create_subscription(
+        record = await self.store.outbox.create_subscription(
             body.url, list(dict.fromkeys(body.events)), body.purposes, body.description, secret
         )
         return WebhookCreated(**msgspec.structs.asdict(_webhook_out(record)), secret=secret)
 
     async def webhooks(self) -> list[WebhookOut]:
-        return [_webhook_out(r) for r in await self.store.subscriptions()]
+        return [_webhook_out(r) for r in await self.store.outbox.subscriptions()]
 
     async def webhook(self, webhook_id: uuid.UUID) -> WebhookOut | None:
-        record = await self.store.subscription(webhook_id)
+        record = await self.store.outbox.subscription(webhook_id)
         return None if record is None else _webhook_out(record)
 
     async def rotate_webhook_secret(self, webhook_id: uuid.UUID) -> SecretRotated | None:
         secret = new_secret()
-        if not await self.store.rotate_secret(webhook_id, secret, SECRET_OVERLAP):
+        if not await self.store.outbox.rotate_secret(webhook_id, secret, SECRET_OVERLAP):
             return None
-        record = await self.store.subscription(webhook_id)
+        record = await self.store.outbox.subscription(webhook_id)
         assert record is not None
         assert record.previous_secret_until is not None
         return SecretRotated(str(webhook_id), secret, format_time(record.previous_secret_until))
@@ -413,7 +415,7 @@ class Ledger:
                 _time_or_none(d.completed_at),
                 d.last_error,
             )
-            for d in await self.store.deliveries(webhook_id)
+            for d in await self.store.outbox.deliveries(webhook_id)
         ]
 
     def _unknown_purpose(self, purpose: str) -> str:
@@ -422,14 +424,14 @@ class Ledger:
     # -- the log -----------------------------------------------------------------------------
 
     async def tree_size(self) -> int:
-        head = await self.store.head()
+        head = await self.store.log.head()
         if head is None:
             raise StorageError("the log has no checkpoint yet")
         self._seen = max(self._seen, head.size)
         return head.size
 
     async def checkpoint(self) -> str:
-        head = await self.store.head()
+        head = await self.store.log.head()
         if head is None:
             raise StorageError("the log has no checkpoint yet")
         self._seen = max(self._seen, head.size)
@@ -437,7 +439,7 @@ class Ledger:
 
     async def keys(self) -> list[KeyInfo]:
         active = {self.signer.verifier.id.hex(), self.webhook_verifier.id.hex()}
-        return [KeyInfo(k.key_name, k.key_id, k.vkey, k.key_id in active) for k in await self.store.keys()]
+        return [KeyInfo(k.key_name, k.key_id, k.vkey, k.key_id in active) for k in await self.store.log.keys()]
 
     async def entries(self, start: int, end: int | None) -> tuple[int, int, AsyncIterator[bytes]]:
         """Entries start <= index < end, the end clamped to the log's size, read page by page."""
@@ -450,7 +452,7 @@ class Ledger:
 
         async def pages() -> AsyncIterator[bytes]:
             for page in range(start, end, ENTRIES_PAGE):
-                for data in await self.store.entries(page, min(page + ENTRIES_PAGE, end)):
+                for data in await self.store.log.entries(page, min(page + ENTRIES_PAGE, end)):
                     yield data + b"\n"
 
         return start, end, pages()
@@ -469,7 +471,7 @@ class Ledger:
             ids = nodes_for(a, size)
         except ProofError as exc:
             raise InvalidRequest(str(exc)) from None
-        return build(a, size, await self.store.nodes(ids))
+        return build(a, size, await self.store.log.nodes(ids))
 
 
 def _time_or_none(moment: datetime | None) -> str | None:

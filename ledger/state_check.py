@@ -15,7 +15,7 @@ from ledger.core.fold import Difference, StateFold, differences
 from ledger.core.note import Verifier
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import RootAccumulator
-from ledger.storage.postgres import Store
+from ledger.storage.log import LogStore
 
 PAGE = 20_000
 
@@ -27,11 +27,11 @@ class StateReport(NamedTuple):
 
 
 async def verify_state(
-    store: Store, verifiers: list[Verifier], progress: Callable[[int, int], None] | None = None
+    log: LogStore, verifiers: list[Verifier], progress: Callable[[int, int], None] | None = None
 ) -> StateReport:
     """Raise VerificationError if the log does not match its signed checkpoint; otherwise
     return every state row that differs from the fold of the log."""
-    async with store.snapshot() as snapshot:
+    async with log.snapshot() as snapshot:
         head = await snapshot.head()
         if head is None:
             raise VerificationError("the log has no checkpoint yet")

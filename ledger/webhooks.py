@@ -28,7 +28,7 @@ from ledger.core.webhooks import (
     signature_header,
 )
 from ledger.errors import StorageError
-from ledger.storage.postgres import ClaimedDelivery, Store
+from ledger.storage.outbox import ClaimedDelivery, OutboxStore
 
 log = logging.getLogger("ledger.webhooks")
 TIMEOUT = httpx.Timeout(15.0)
@@ -38,7 +38,7 @@ USER_AGENT = "consent-ledger-webhooks/1"
 class Dispatcher:
     def __init__(
         self,
-        store: Store,
+        outbox: OutboxStore,
         key: SigningKey,
         *,
         allow_private: bool,
@@ -46,7 +46,7 @@ class Dispatcher:
         poll_interval: float = 0.5,
         batch: int = 32,
     ) -> None:
-        self.store = store
+        self.outbox = outbox
         self.key = key
         self.allow_private = allow_private
         self.lease = lease
@@ -75,11 +75,11 @@ class Dispatcher:
         last_stats = 0.0
         while True:
             try:
-                claimed = await self.store.claim_deliveries(self.batch, self.lease)
+                claimed = await self.outbox.claim_deliveries(self.batch, self.lease)
                 if claimed:
                     await asyncio.gather(*(self.deliver(d) for d in claimed))
                 if time.monotonic() - last_stats > 1:
-                    pending, age = await self.store.outbox_stats()
+                    pending, age = await self.outbox.outbox_stats()
                     metrics.observe_outbox(pending, age)
                     last_stats = time.monotonic()
                 if claimed:
@@ -116,7 +116,7 @@ class Dispatcher:
         failing_for = None if delivery.failing_since is None else datetime.now(UTC) - delivery.failing_since
         step = next_step(status, retry_after, delivery.attempts, failing_for, random.uniform(-1, 1))  # noqa: S311
         metrics.count_delivery(step.outcome)
-        await self.store.finish_attempt(
+        await self.outbox.finish_attempt(
             delivery, started_at, status, latency_ms, error, step.outcome, step.next_attempt_in, step.reason
         )
         if step.outcome == "disabled":

@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 
 from ledger import embedded
+from ledger.storage import Stores, create_pool, open_stores
 from ledger.storage.migrations import migrate
-from ledger.storage.postgres import Store, create_pool
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +79,7 @@ async def empty_database_url(server_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
+async def store(database_url: str) -> AsyncIterator[Stores]:
     pool = await create_pool(database_url, max_size=20)
-    yield Store(pool)
+    yield open_stores(pool)
     await asyncio.wait_for(pool.close(), 10)

@@ -95,10 +95,10 @@ class ExportController(Controller):
         since: FromQuery[str | None] = None,
         until: FromQuery[str | None] = None,
     ) -> Stream:
-        plan = await export.plan(ledger.store, start, end, _time(since, "since"), _time(until, "until"))
+        plan = await export.plan(ledger.store.log, start, end, _time(since, "since"), _time(until, "until"))
         name = f"consent-ledger-export-{plan.start}-{plan.end}-of-{plan.tree_size}.tar"
         return Stream(
-            export.tar_stream(ledger.store, plan),
+            export.tar_stream(ledger.store.log, plan),
             media_type="application/x-tar",
             headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
         )

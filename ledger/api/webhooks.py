@@ -38,7 +38,7 @@ class WebhooksController(Controller):
 
     @delete("/{webhook_id:uuid}")
     async def remove(self, ledger: LedgerDep, webhook_id: FromPath[UUID]) -> None:
-        if not await ledger.store.delete_subscription(webhook_id):
+        if not await ledger.store.outbox.delete_subscription(webhook_id):
             raise NotFoundException("no such webhook")
 
     @post("/{webhook_id:uuid}/rotate-secret", status_code=200)
@@ -52,7 +52,7 @@ class WebhooksController(Controller):
 
     @post("/{webhook_id:uuid}/deliveries/{delivery_id:str}/retry", status_code=202)
     async def retry(self, ledger: LedgerDep, webhook_id: FromPath[UUID], delivery_id: FromPath[str]) -> dict[str, str]:
-        if not await ledger.store.retry_delivery(webhook_id, delivery_id):
+        if not await ledger.store.outbox.retry_delivery(webhook_id, delivery_id):
             raise NotFoundException("no such delivery for this webhook")
         if ledger.dispatcher is not None:
             ledger.dispatcher.ring()

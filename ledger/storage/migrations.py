@@ -13,7 +13,7 @@ from typing import NamedTuple
 import asyncpg
 
 from ledger.errors import MigrationError
-from ledger.storage.postgres import translated
+from ledger.storage.database import translated
 
 # An arbitrary constant that names "the ledger's migration lock" among advisory locks.
 LOCK_KEY = 0x4C454447_00000001

@@ -10,15 +10,15 @@ from pathlib import Path
 
 from ledger.appender import Appender
 from ledger.keys import read_key_file
-from ledger.storage.postgres import Store, create_pool
+from ledger.storage import create_pool, open_stores
 from tests.integration.helpers import draft
 
 
 async def main(url: str, key_file: str) -> None:
     signer = read_key_file(Path(key_file))
-    store = Store(await create_pool(url, max_size=4))
-    await store.register_key(signer.verifier)
-    appender = Appender(store, signer, signer.name)
+    store = open_stores(await create_pool(url, max_size=4))
+    await store.log.register_key(signer.verifier)
+    appender = Appender(store.log, signer, signer.name)
     await appender.start()
 
     async def caller(n: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 from ledger import auth
 from ledger.core.note import Verifier
 from ledger.keys import write_key_file
-from ledger.storage.postgres import Store
+from ledger.storage import Stores
 
 from .server import running_server, server_env
 
@@ -38,11 +38,11 @@ def base_url(database_url: str, tmp_path: Path, key_file: Path) -> Iterator[str]
 
 
 @pytest.fixture
-async def tokens(store: Store, base_url: str) -> dict[str, str]:
+async def tokens(store: Stores, base_url: str) -> dict[str, str]:
     made = {}
     for scope in auth.SCOPES:
         made[scope] = auth.new_token()
-        await store.create_token(f"t-{scope}", auth.token_hash(made[scope]), [scope])
+        await store.tokens.create_token(f"t-{scope}", auth.token_hash(made[scope]), [scope])
     return made
 
 

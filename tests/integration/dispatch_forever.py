@@ -7,14 +7,14 @@ from pathlib import Path
 
 from ledger.keys import read_key_file
 from ledger.service import webhook_key
-from ledger.storage.postgres import Store, create_pool
+from ledger.storage import create_pool, open_stores
 from ledger.webhooks import Dispatcher
 
 
 async def main(url: str, key_file: str, lease_seconds: float) -> None:
-    store = Store(await create_pool(url, max_size=2))
+    store = open_stores(await create_pool(url, max_size=2))
     dispatcher = Dispatcher(
-        store,
+        store.outbox,
         webhook_key(read_key_file(Path(key_file))),
         allow_private=True,
         lease=timedelta(seconds=lease_seconds),

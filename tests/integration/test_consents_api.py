@@ -12,7 +12,7 @@ from ledger.core.checkpoint import open_checkpoint
 from ledger.core.entry import format_time, parse_entry
 from ledger.core.proof import verify_inclusion
 from ledger.core.rfc6962 import leaf_hash
-from ledger.storage.postgres import Store
+from ledger.storage import Stores
 
 from .conftest import ORIGIN, bearer, ledger_server, log_verifier
 from .server import ADMIN_TOKEN, running_server, server_env
@@ -67,7 +67,7 @@ async def check(client: httpx.AsyncClient, device: str, purpose: str, **params: 
     return response.json()
 
 
-async def log_size(store: Store) -> int:
+async def log_size(store: Stores) -> int:
     return int(await store.pool.fetchval("SELECT count(*) FROM log_entries"))
 
 
@@ -163,7 +163,7 @@ async def test_minors_only_with_a_verified_guardian(client: httpx.AsyncClient) -
     assert adult.status_code == 201
 
 
-async def test_a_retry_with_the_same_key_returns_the_first_receipt(client: httpx.AsyncClient, store: Store) -> None:
+async def test_a_retry_with_the_same_key_returns_the_first_receipt(client: httpx.AsyncClient, store: Stores) -> None:
     headers = {"Idempotency-Key": "popup-click-7f3a"}
     first = await client.post("/v1/consents", json=consent("d4"), headers=headers)
     assert first.status_code == 201
@@ -179,7 +179,7 @@ async def test_a_retry_with_the_same_key_returns_the_first_receipt(client: httpx
     assert await log_size(store) == size + 1
 
 
-async def test_concurrent_retries_append_once(client: httpx.AsyncClient, store: Store) -> None:
+async def test_concurrent_retries_append_once(client: httpx.AsyncClient, store: Stores) -> None:
     headers = {"Idempotency-Key": "same-request"}
     responses = await asyncio.gather(
         *(client.post("/v1/consents", json=consent("d5"), headers=headers) for _ in range(12))
@@ -189,7 +189,7 @@ async def test_concurrent_retries_append_once(client: httpx.AsyncClient, store: 
     assert await log_size(store) == 1
 
 
-async def test_keys_are_scoped_to_the_token(client: httpx.AsyncClient, tokens: dict[str, str], store: Store) -> None:
+async def test_keys_are_scoped_to_the_token(client: httpx.AsyncClient, tokens: dict[str, str], store: Stores) -> None:
     headers = {"Idempotency-Key": "k1"}
     a = await client.post("/v1/consents", json=consent("d6"), headers=headers)
     b = await client.post("/v1/consents", json=consent("d6"), headers={**headers, **bearer(tokens["consent:write"])})
@@ -238,7 +238,7 @@ BAD_REQUESTS: list[tuple[str, object, dict[str, str], int]] = [
 ]
 
 
-async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(client: httpx.AsyncClient, store: Store) -> None:
+async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(client: httpx.AsyncClient, store: Stores) -> None:
     await record(client, device="baseline")
     size = await log_size(store)
     for label, body, headers, status in BAD_REQUESTS:

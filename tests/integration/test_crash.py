@@ -10,13 +10,13 @@ from ledger.core.note import Verifier
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.verify import verify_log
 from ledger.keys import write_key_file
-from ledger.storage.postgres import Store
+from ledger.storage import Stores
 
 ROOT = Path(__file__).parents[2]
 
 
 async def test_sigkill_mid_batch_keeps_every_acknowledged_entry(
-    database_url: str, store: Store, tmp_path: Path
+    database_url: str, store: Stores, tmp_path: Path
 ) -> None:
     signer = write_key_file(tmp_path / "key", "crash.example/log")
     acknowledged: dict[int, str] = {}
@@ -38,9 +38,9 @@ async def test_sigkill_mid_batch_keeps_every_acknowledged_entry(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
-    head = await store.head()
+    head = await store.log.head()
     assert head is not None
-    entries = await store.entries(0, head.size)
+    entries = await store.log.entries(0, head.size)
     # Nothing acknowledged was lost, and it is byte for byte what was acknowledged.
     for index, digest in acknowledged.items():
         assert leaf_hash(entries[index]).hex() == digest

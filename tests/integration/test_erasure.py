@@ -12,7 +12,7 @@ import pytest
 from ledger.core.verify import verify_log
 from ledger.keys import read_key_file
 from ledger.service import TOMBSTONE_LABEL
-from ledger.storage.postgres import Store
+from ledger.storage import Stores
 
 from .conftest import ORIGIN, bearer, ledger_server, log_verifier
 from .server import ADMIN_TOKEN, Base
@@ -43,7 +43,7 @@ def check(base: str, device: str, purpose: str, **params: str) -> dict[str, Any]
     return dict(response.json())
 
 
-async def occurrences(store: Store, needle: str, skip: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+async def occurrences(store: Stores, needle: str, skip: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
     """Every table and column (text or bytea) of the database that contains `needle`."""
     columns = await store.pool.fetch(
         """SELECT table_name, column_name, data_type FROM information_schema.columns
@@ -66,7 +66,7 @@ async def occurrences(store: Store, needle: str, skip: set[str] = frozenset()) -
 
 
 async def test_erasure_leaves_nothing_that_links_the_device_to_its_old_entries(
-    servers: tuple[Base, Base], store: Store, key_file: Path
+    servers: tuple[Base, Base], store: Stores, key_file: Path
 ) -> None:
     a, b = servers
     with httpx.Client(headers=ADMIN, timeout=10) as http:
@@ -143,7 +143,9 @@ async def test_erasure_needs_admin_and_a_known_device(client: httpx.AsyncClient,
     assert ORIGIN
 
 
-async def test_processors_are_told_and_the_told_device_id_is_not_kept(servers: tuple[Base, Base], store: Store) -> None:
+async def test_processors_are_told_and_the_told_device_id_is_not_kept(
+    servers: tuple[Base, Base], store: Stores
+) -> None:
     import asyncio
     import json
 

@@ -12,7 +12,7 @@ from ledger.appender import Appender
 from ledger.core.batch import Draft
 from ledger.core.note import Signer
 from ledger.core.verify import verify_bundle
-from ledger.storage.postgres import Store
+from ledger.storage import Stores
 
 SIZE = 1_000_000
 
@@ -39,19 +39,19 @@ def lines(path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-async def test_a_million_entry_export_verifies(store: Store, tmp_path: Path) -> None:
+async def test_a_million_entry_export_verifies(store: Stores, tmp_path: Path) -> None:
     signer = Signer.generate("million.test/log")
-    await store.register_key(signer.verifier)
-    appender = Appender(store, signer, "million.test/log", max_batch=10_000)
+    await store.log.register_key(signer.verifier)
+    appender = Appender(store.log, signer, "million.test/log", max_batch=10_000)
     await appender.start()
     for begin in range(0, SIZE, 10_000):
         await asyncio.gather(*(appender.append(draft(n)) for n in range(begin, begin + 10_000)))
     await appender.stop()
 
-    plan = await export.plan(store)
+    plan = await export.plan(store.log)
     assert (plan.start, plan.end, plan.filtered) == (0, SIZE, False)
     started = time.monotonic()
-    await export.write_directory(store, plan, tmp_path)
+    await export.write_directory(store.log, plan, tmp_path)
     exported = time.monotonic() - started
     started = time.monotonic()
     report = await asyncio.to_thread(

@@ -75,9 +75,9 @@ def grant(device: str, **extra: object) -> Draft:
 
 async def test_only_the_plain_case_is_answered_and_it_matches_the_full_decision(ledger: Ledger) -> None:
     token = auth.new_token()
-    await ledger.store.create_token("checker", auth.token_hash(token), ["consent:check"])
+    await ledger.store.tokens.create_token("checker", auth.token_hash(token), ["consent:check"])
     writer = auth.new_token()
-    await ledger.store.create_token("writer", auth.token_hash(writer), ["consent:write"])
+    await ledger.store.tokens.create_token("writer", auth.token_hash(writer), ["consent:write"])
     soon = format_time(datetime.now(UTC) + timedelta(hours=1))
     sealed = await ledger.appender.append(grant("fast-1", expires_at=soon))
     assert await ledger.projection.wait_for(sealed.tree_size, 5)
@@ -153,7 +153,7 @@ async def test_a_revoked_token_stops_working_on_the_fast_path_too(
     headers = bearer(tokens["consent:check"])
     for _ in range(3):  # validated, cached, then answered by the fast path
         assert (await client.get("/v1/check", params=params, headers=headers)).status_code == 200
-    assert await store.revoke_token("t-consent:check") == 1
+    assert await store.tokens.revoke_token("t-consent:check") == 1
     revoked_at = time.monotonic()
     while (await client.get("/v1/check", params=params, headers=headers)).status_code == 200:
         # The NOTIFY reaches every process within milliseconds; the 5 s cache TTL is only a backstop.

@@ -23,7 +23,7 @@ from ledger.core.note import Signer
 from ledger.projection import Projection
 from ledger.service import Ledger
 from ledger.settings import Settings
-from ledger.storage.postgres import Store, create_pool
+from ledger.storage import create_pool, open_stores
 
 from .conftest import ORIGIN, bearer, ledger_server
 from .helpers import draft, until
@@ -114,12 +114,12 @@ async def test_a_commit_notice_alone_drops_the_changed_decision(database_url: st
     tailer stopped: the notice names the key, the cached grant goes, and the next answer is
     read from the state table."""
     signer = Signer.generate(ORIGIN)
-    here = Store(await create_pool(database_url, max_size=4))
-    there = Store(await create_pool(database_url, max_size=4))
-    await here.register_key(signer.verifier)
-    writer = Appender(there, signer, ORIGIN)
+    here = open_stores(await create_pool(database_url, max_size=4))
+    there = open_stores(await create_pool(database_url, max_size=4))
+    await here.log.register_key(signer.verifier)
+    writer = Appender(there.log, signer, ORIGIN)
     await writer.start()
-    view = Projection(here, database_url, cache_size=100, max_staleness_ms=120_000, poll_interval=30)
+    view = Projection(here.log, here.subjects, database_url, cache_size=100, max_staleness_ms=120_000, poll_interval=30)
     await view.start()
     try:
         granted = await writer.append(draft("notice-1"))
@@ -152,13 +152,19 @@ def tombstone(device_id: str) -> bytes:
 
 async def test_a_notice_of_an_erasure_drops_every_decision_of_its_subject(database_url: str) -> None:
     signer = Signer.generate(ORIGIN)
-    here = Store(await create_pool(database_url, max_size=4))
-    there = Store(await create_pool(database_url, max_size=4))
-    await here.register_key(signer.verifier)
-    writer = Appender(there, signer, ORIGIN)
+    here = open_stores(await create_pool(database_url, max_size=4))
+    there = open_stores(await create_pool(database_url, max_size=4))
+    await here.log.register_key(signer.verifier)
+    writer = Appender(there.log, signer, ORIGIN)
     await writer.start()
     view = Projection(
-        here, database_url, cache_size=100, max_staleness_ms=120_000, poll_interval=30, tombstone=tombstone
+        here.log,
+        here.subjects,
+        database_url,
+        cache_size=100,
+        max_staleness_ms=120_000,
+        poll_interval=30,
+        tombstone=tombstone,
     )
     await view.start()
     try:

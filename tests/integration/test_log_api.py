@@ -12,7 +12,7 @@ from ledger.core.proof import verify_consistency, verify_inclusion
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.verify import verify_log
 from ledger.keys import read_key_file
-from ledger.storage.postgres import Store
+from ledger.storage import Stores
 
 from .conftest import ORIGIN, bearer, log_verifier
 from .helpers import draft
@@ -20,9 +20,9 @@ from .server import ADMIN_TOKEN
 
 
 @pytest.fixture
-async def filled(store: Store, key_file: Path, base_url: str) -> list:  # type: ignore[type-arg]
+async def filled(store: Stores, key_file: Path, base_url: str) -> list:  # type: ignore[type-arg]
     """Twenty entries appended by a second writer on the same database, as another replica would."""
-    appender = Appender(store, read_key_file(key_file), ORIGIN)
+    appender = Appender(store.log, read_key_file(key_file), ORIGIN)
     await appender.start()
     sealed = [await appender.append(draft(f"api-{i}", action="grant" if i % 3 else "withdraw")) for i in range(20)]
     await appender.stop()
@@ -150,9 +150,9 @@ async def test_audit_endpoints_need_a_valid_token_with_the_scope(
     assert (await client.get(path, headers=bearer(ADMIN_TOKEN))).status_code == 200
 
 
-async def test_a_revoked_token_is_refused(client: httpx.AsyncClient, store: Store, tokens: dict[str, str]) -> None:
+async def test_a_revoked_token_is_refused(client: httpx.AsyncClient, store: Stores, tokens: dict[str, str]) -> None:
     assert (await client.get(PROTECTED[0], headers=bearer(tokens["audit:read"]))).status_code == 200
-    assert await store.revoke_token("t-audit:read") == 1
+    assert await store.tokens.revoke_token("t-audit:read") == 1
     assert (await client.get(PROTECTED[0], headers=bearer(tokens["audit:read"]))).status_code == 401
 
 

@@ -15,7 +15,7 @@ from ledger.core.proof import consistency_nodes, consistency_proof, verify_consi
 from ledger.core.rfc6962 import EMPTY_ROOT
 from ledger.core.verify import verify_log
 from ledger.errors import AppendOnlyViolation
-from ledger.storage.postgres import Store, create_pool
+from ledger.storage import Stores, create_pool, open_stores
 
 from .helpers import draft
 
@@ -28,16 +28,16 @@ def signer() -> Signer:
 
 
 @pytest.fixture
-async def appender(store: Store, signer: Signer):  # type: ignore[no-untyped-def]
-    await store.register_key(signer.verifier)
-    appender = Appender(store, signer, ORIGIN)
+async def appender(store: Stores, signer: Signer):  # type: ignore[no-untyped-def]
+    await store.log.register_key(signer.verifier)
+    appender = Appender(store.log, signer, ORIGIN)
     await appender.start()
     yield appender
     await appender.stop()
 
 
-async def test_empty_log_has_a_signed_genesis_checkpoint(appender: Appender, store: Store, signer: Signer) -> None:
-    head = await store.head()
+async def test_empty_log_has_a_signed_genesis_checkpoint(appender: Appender, store: Stores, signer: Signer) -> None:
+    head = await store.log.head()
     assert head is not None
     assert open_checkpoint(head.note, [signer.verifier], origin=ORIGIN) == (ORIGIN, 0, EMPTY_ROOT)
 
@@ -52,7 +52,7 @@ async def test_receipt_proves_the_entry_is_in_the_signed_tree(appender: Appender
     verify_inclusion(entry.index, checkpoint.size, sealed.leaf_hash, sealed.inclusion_proof, checkpoint.root)
 
 
-async def test_subject_is_the_hmac_under_the_stored_salt_and_stable(appender: Appender, store: Store) -> None:
+async def test_subject_is_the_hmac_under_the_stored_salt_and_stable(appender: Appender, store: Stores) -> None:
     first = await appender.append(draft("phone-7"))
     second = await appender.append(draft("phone-7", action="withdraw"))
     other = await appender.append(draft("phone-8"))
@@ -68,9 +68,9 @@ async def test_concurrent_appends_from_many_connections_are_gapless_and_verify(
     """Three 'replicas' (own pool, own appender) and 150 concurrent callers each."""
     replicas = []
     for _ in range(3):
-        store = Store(await create_pool(database_url, max_size=4))
-        await store.register_key(signer.verifier)
-        appender = Appender(store, signer, ORIGIN)
+        store = open_stores(await create_pool(database_url, max_size=4))
+        await store.log.register_key(signer.verifier)
+        appender = Appender(store.log, signer, ORIGIN)
         await appender.start()
         replicas.append((store, appender))
     try:
@@ -86,12 +86,12 @@ async def test_concurrent_appends_from_many_connections_are_gapless_and_verify(
             verify_inclusion(r.entry.index, checkpoint.size, r.leaf_hash, r.inclusion_proof, checkpoint.root)
         assert sum(a.batches for _, a in replicas) < 450, "concurrent appends were group-committed"
         # Every checkpoint ever signed is consistent with the final one.
-        head = await store.head()
+        head = await store.log.head()
         assert head is not None
-        verify_log(await store.entries(0, head.size), head.note, [signer.verifier])
+        verify_log(await store.log.entries(0, head.size), head.note, [signer.verifier])
         for row in await store.pool.fetch("SELECT tree_size, root FROM checkpoints"):
             size, root = row["tree_size"], bytes(row["root"])
-            nodes = await store.nodes(consistency_nodes(size, head.size))
+            nodes = await store.log.nodes(consistency_nodes(size, head.size))
             verify_consistency(size, head.size, root, head.root, consistency_proof(size, head.size, nodes))
     finally:
         for store, appender in replicas:
@@ -115,7 +115,7 @@ async def test_concurrent_appends_from_many_connections_are_gapless_and_verify(
         "TRUNCATE signing_keys CASCADE",
     ],
 )
-async def test_postgres_refuses_to_change_the_log(appender: Appender, store: Store, statement: str) -> None:
+async def test_postgres_refuses_to_change_the_log(appender: Appender, store: Stores, statement: str) -> None:
     await appender.append(draft())
     before = await store.pool.fetchval("SELECT count(*) FROM log_entries")
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match=r"append-only|permission denied"):
@@ -123,8 +123,8 @@ async def test_postgres_refuses_to_change_the_log(appender: Appender, store: Sto
     assert await store.pool.fetchval("SELECT count(*) FROM log_entries") == before
 
 
-async def test_storage_errors_are_translated(appender: Appender, store: Store) -> None:
-    from ledger.storage.postgres import translated
+async def test_storage_errors_are_translated(appender: Appender, store: Stores) -> None:
+    from ledger.storage.database import translated
 
     await appender.append(draft())
     with pytest.raises(AppendOnlyViolation), translated():
@@ -132,13 +132,13 @@ async def test_storage_errors_are_translated(appender: Appender, store: Store) -
 
 
 async def test_superuser_tampering_behind_the_trigger_is_caught(
-    appender: Appender, store: Store, signer: Signer
+    appender: Appender, store: Stores, signer: Signer
 ) -> None:
     for i in range(5):
         await appender.append(draft(f"device-{i}"))
-    head = await store.head()
+    head = await store.log.head()
     assert head is not None
-    verify_log(await store.entries(0, head.size), head.note, [signer.verifier])
+    verify_log(await store.log.entries(0, head.size), head.note, [signer.verifier])
     async with store.pool.acquire() as conn:
         # A superuser can switch triggers off for its session; privileges do not bind it either.
         await conn.execute("SET session_replication_role = replica")
@@ -146,35 +146,35 @@ async def test_superuser_tampering_behind_the_trigger_is_caught(
             "UPDATE log_entries SET entry = convert_to(replace(convert_from(entry, 'UTF8'),"
             " '\"grant\"', '\"withdraw\"'), 'UTF8') WHERE idx = 2"
         )
-    tampered = await store.entries(0, head.size)
+    tampered = await store.log.entries(0, head.size)
     assert b'"withdraw"' in tampered[2]
     with pytest.raises(VerificationError, match="altered"):
         verify_log(tampered, head.note, [signer.verifier])
 
 
 async def test_restart_keeps_the_log_and_extends_it_consistently(database_url: str, signer: Signer) -> None:
-    store = Store(await create_pool(database_url))
-    await store.register_key(signer.verifier)
-    appender = Appender(store, signer, ORIGIN)
+    store = open_stores(await create_pool(database_url))
+    await store.log.register_key(signer.verifier)
+    appender = Appender(store.log, signer, ORIGIN)
     await appender.start()
     for i in range(7):
         await appender.append(draft(f"d{i}"))
-    before = await store.head()
+    before = await store.log.head()
     await appender.stop()
     await store.pool.close()
 
-    store = Store(await create_pool(database_url))
+    store = open_stores(await create_pool(database_url))
     try:
-        assert await store.head() == before
+        assert await store.log.head() == before
         assert before is not None
-        appender = Appender(store, signer, ORIGIN)
+        appender = Appender(store.log, signer, ORIGIN)
         await appender.start()
         sealed = await appender.append(draft("d7"))
         await appender.stop()
         assert sealed.entry.index == 7
-        after = await store.head()
+        after = await store.log.head()
         assert after is not None
-        proof = consistency_proof(7, 8, await store.nodes(consistency_nodes(7, 8)))
+        proof = consistency_proof(7, 8, await store.log.nodes(consistency_nodes(7, 8)))
         verify_consistency(7, 8, before.root, after.root, proof)
     finally:
         await store.pool.close()
@@ -183,10 +183,10 @@ async def test_restart_keeps_the_log_and_extends_it_consistently(database_url: s
 async def test_a_corrupted_tree_stops_appends(database_url: str, signer: Signer) -> None:
     from ledger.errors import LogCorrupted
 
-    store = Store(await create_pool(database_url))
+    store = open_stores(await create_pool(database_url))
     try:
-        await store.register_key(signer.verifier)
-        first = Appender(store, signer, ORIGIN)
+        await store.log.register_key(signer.verifier)
+        first = Appender(store.log, signer, ORIGIN)
         await first.start()
         for i in range(3):
             await first.append(draft(f"d{i}"))
@@ -194,7 +194,7 @@ async def test_a_corrupted_tree_stops_appends(database_url: str, signer: Signer)
         async with store.pool.acquire() as conn:
             await conn.execute("SET session_replication_role = replica")
             await conn.execute("UPDATE merkle_nodes SET hash = sha256(hash) WHERE level = 1 AND idx = 0")
-        second = Appender(store, signer, ORIGIN)
+        second = Appender(store.log, signer, ORIGIN)
         await second.start()
         with pytest.raises(LogCorrupted):
             await second.append(draft("d3"))
@@ -210,7 +210,7 @@ async def test_group_commit_batches_concurrent_callers(appender: Appender) -> No
     assert appender.batches < 50
 
 
-async def test_one_batch_is_one_checkpoint(appender: Appender, store: Store) -> None:
+async def test_one_batch_is_one_checkpoint(appender: Appender, store: Stores) -> None:
     results = await asyncio.gather(*(appender.append(draft(f"d{i}")) for i in range(64)))
     checkpoints = {r.checkpoint for r in results}
     assert len(checkpoints) == appender.batches

@@ -16,7 +16,7 @@ from ledger.core.entry import format_time, parse_entry
 from ledger.core.note import Signer
 from ledger.core.purposes import BUILT_IN
 from ledger.projection import Projection, Stale
-from ledger.storage.postgres import Store, create_pool
+from ledger.storage import Stores, create_pool, open_stores
 
 from .helpers import draft, until
 
@@ -36,13 +36,18 @@ class Harness:
         return self.loop.run_until_complete(coro)
 
     async def open(self) -> None:
-        self.store = Store(await create_pool(self.url, max_size=4))
+        self.store = open_stores(await create_pool(self.url, max_size=4))
         signer = Signer.generate(ORIGIN)
-        await self.store.register_key(signer.verifier)
-        self.appender = Appender(self.store, signer, ORIGIN)
+        await self.store.log.register_key(signer.verifier)
+        self.appender = Appender(self.store.log, signer, ORIGIN)
         await self.appender.start()
         self.projection = Projection(
-            self.store, self.url, cache_size=self.cache_size, max_staleness_ms=5000, poll_interval=0.05
+            self.store.log,
+            self.store.subjects,
+            self.url,
+            cache_size=self.cache_size,
+            max_staleness_ms=5000,
+            poll_interval=0.05,
         )
         await self.projection.start()
 
@@ -104,11 +109,11 @@ def test_cache_state_table_and_log_fold_agree(database_url: str) -> None:
             assert harness.run(harness.projection.wait_for(size, 5))
             [from_cache] = harness.run(harness.projection.lookup([key]))
             [again] = harness.run(harness.projection.lookup([key]))
-            rows, snapshot = harness.run(harness.store.states([key]))
+            rows, snapshot = harness.run(harness.store.subjects.states([key]))
             assert snapshot >= size
             from_table = rows[0].basis
-            subject = harness.run(harness.store.subject_of(key[0]))
-            entries = {} if subject is None else harness.run(harness.store.history(subject, snapshot))
+            subject = harness.run(harness.store.subjects.subject_of(key[0]))
+            entries = {} if subject is None else harness.run(harness.store.subjects.history(subject, snapshot))
             from_log = deciding(e for e in map(parse_entry, entries.values()) if e.purpose == purpose)
             assert from_cache == again == from_table == from_log
             expected = self.expected(key)
@@ -139,14 +144,15 @@ def test_cache_state_table_and_log_fold_agree(database_url: str) -> None:
         harness.loop.close()
 
 
-async def open_parts(url: str, **projection: float) -> tuple[Store, Appender, Projection]:
-    store = Store(await create_pool(url, max_size=4))
+async def open_parts(url: str, **projection: float) -> tuple[Stores, Appender, Projection]:
+    store = open_stores(await create_pool(url, max_size=4))
     signer = Signer.generate(ORIGIN)
-    await store.register_key(signer.verifier)
-    appender = Appender(store, signer, ORIGIN)
+    await store.log.register_key(signer.verifier)
+    appender = Appender(store.log, signer, ORIGIN)
     await appender.start()
     view = Projection(
-        store,
+        store.log,
+        store.subjects,
         url,
         cache_size=int(projection.get("cache_size", 100)),
         max_staleness_ms=int(projection.get("max_staleness_ms", 2000)),
@@ -156,7 +162,7 @@ async def open_parts(url: str, **projection: float) -> tuple[Store, Appender, Pr
     return store, appender, view
 
 
-async def close_parts(store: Store, appender: Appender, view: Projection) -> None:
+async def close_parts(store: Stores, appender: Appender, view: Projection) -> None:
     await view.stop()
     await appender.stop()
     await store.pool.close()
@@ -210,9 +216,9 @@ async def test_the_tailer_updates_cached_decisions_in_place(database_url: str) -
 async def test_another_writer_is_seen_through_notify(database_url: str) -> None:
     """The writer is another 'replica' (own pool and appender); polling is slowed right down."""
     parts = await open_parts(database_url, poll_interval=30, max_staleness_ms=120_000)
-    other = Store(await create_pool(database_url, max_size=2))
-    writer = Appender(other, Signer.generate(ORIGIN), ORIGIN)
-    await other.register_key(writer.signer.verifier)
+    other = open_stores(await create_pool(database_url, max_size=2))
+    writer = Appender(other.log, Signer.generate(ORIGIN), ORIGIN)
+    await other.log.register_key(writer.signer.verifier)
     await writer.start()
     try:
         view = parts[2]

@@ -14,7 +14,7 @@ from ledger.appender import Appender
 from ledger.core.webhooks import new_secret
 from ledger.keys import read_key_file
 from ledger.service import webhook_key
-from ledger.storage.postgres import Store
+from ledger.storage import Stores
 from ledger.webhooks import Dispatcher
 
 from .conftest import ORIGIN, bearer, ledger_server
@@ -57,37 +57,37 @@ async def test_each_reported_url_is_refused_at_subscription(database_url: str, t
 
 
 async def test_the_dispatcher_refuses_them_at_delivery_after_resolving(
-    store: Store, key_file: Path, receiver: Receiver
+    store: Stores, key_file: Path, receiver: Receiver
 ) -> None:
     """Written straight to storage, as if they had been accepted earlier or their DNS had changed.
     A name (`localhost`) shows the check applies to what the name resolves to; the IPv4-mapped
     loopback on the receiver's port would reach a live loopback service if it were not refused."""
     signer = read_key_file(key_file)
-    await store.register_key(signer.verifier)
+    await store.log.register_key(signer.verifier)
     targets = {
         **REPORTED,
         f"https://[::ffff:127.0.0.1]:{receiver.port}/hooks": "127.0.0.1",
         f"https://localhost:{receiver.port}/hooks": "",
     }
     ids = {
-        target: (await store.create_subscription(target, ["consent.withdrawn"], None, None, new_secret())).id
+        target: (await store.outbox.create_subscription(target, ["consent.withdrawn"], None, None, new_secret())).id
         for target in targets
     }
-    appender = Appender(store, signer, ORIGIN)
+    appender = Appender(store.log, signer, ORIGIN)
     await appender.start()
     await appender.append(drafts(["ssrf-1"])[0])
     await appender.stop()
-    dispatcher = Dispatcher(store, webhook_key(signer), allow_private=False, poll_interval=0.05)
+    dispatcher = Dispatcher(store.outbox, webhook_key(signer), allow_private=False, poll_interval=0.05)
     await dispatcher.start()
     try:
         deadline = time.monotonic() + 15
-        while not all([(await store.deliveries(uuid.UUID(i)))[0].attempts for i in ids.values()]):
+        while not all([(await store.outbox.deliveries(uuid.UUID(i)))[0].attempts for i in ids.values()]):
             assert time.monotonic() < deadline, "not every delivery was attempted in time"
             await asyncio.sleep(0.05)
     finally:
         await dispatcher.stop()
     for target, embedded in targets.items():
-        [delivery] = await store.deliveries(uuid.UUID(ids[target]))
+        [delivery] = await store.outbox.deliveries(uuid.UUID(ids[target]))
         error = delivery.attempts[0].error or ""
         assert error.startswith("destination refused:"), (target, error)
         assert "not a public address" in error, (target, error)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ledger.appender import Appender
 from ledger.keys import read_key_file
-from ledger.storage.postgres import Store
+from ledger.storage import Stores
 
 from .conftest import ORIGIN
 from .helpers import draft
@@ -13,10 +13,10 @@ from .test_cli import ledger
 from .test_fresh_answers import superuser
 
 
-async def fill(store: Store, key_file: Path) -> None:
+async def fill(store: Stores, key_file: Path) -> None:
     signer = read_key_file(key_file)
-    await store.register_key(signer.verifier)
-    appender = Appender(store, signer, ORIGIN)
+    await store.log.register_key(signer.verifier)
+    appender = Appender(store.log, signer, ORIGIN)
     await appender.start()
     try:
         for n in range(30):
@@ -30,7 +30,7 @@ async def fill(store: Store, key_file: Path) -> None:
         await appender.stop()
 
 
-async def test_a_table_that_matches_the_log_verifies(store: Store, database_url: str, key_file: Path) -> None:
+async def test_a_table_that_matches_the_log_verifies(store: Stores, database_url: str, key_file: Path) -> None:
     await fill(store, key_file)
     result = ledger("verify-state", env={"LEDGER_DATABASE_URL": database_url, "LEDGER_SIGNING_KEY": str(key_file)})
     assert result.returncode == 0, result.stderr
@@ -38,10 +38,10 @@ async def test_a_table_that_matches_the_log_verifies(store: Store, database_url:
 
 
 async def test_every_row_that_differs_is_named_without_its_device(
-    store: Store, database_url: str, key_file: Path
+    store: Stores, database_url: str, key_file: Path
 ) -> None:
     await fill(store, key_file)
-    subject = await store.subject_of("state-1")
+    subject = await store.subjects.subject_of("state-1")
     await superuser(
         database_url,
         f"UPDATE consent_state SET policy_version = 9 WHERE subject = '{subject}' AND purpose = 'pixverse_sharing'",
@@ -60,7 +60,7 @@ async def test_every_row_that_differs_is_named_without_its_device(
 
 
 async def test_an_altered_entry_fails_before_any_row_is_compared(
-    store: Store, database_url: str, key_file: Path
+    store: Stores, database_url: str, key_file: Path
 ) -> None:
     await fill(store, key_file)
     await superuser(

@@ -26,7 +26,7 @@ from ledger.core.note import Verifier
 from ledger.core.webhooks import new_secret, signed_content
 from ledger.keys import read_key_file
 from ledger.service import webhook_key
-from ledger.storage.postgres import Store, create_pool
+from ledger.storage import Stores, create_pool, open_stores
 from ledger.webhooks import Dispatcher
 
 from .conftest import ORIGIN, bearer, ledger_server
@@ -307,12 +307,12 @@ def drafts(devices: list[str]) -> list[Draft]:
 
 
 async def test_a_dispatcher_killed_mid_delivery_is_replaced_after_the_lease(
-    database_url: str, store: Store, key_file: Path, receiver: Receiver
+    database_url: str, store: Stores, key_file: Path, receiver: Receiver
 ) -> None:
     signer = read_key_file(key_file)
-    await store.register_key(signer.verifier)
-    await store.create_subscription(receiver.url, ["consent.withdrawn"], None, None, new_secret())
-    appender = Appender(store, signer, ORIGIN)
+    await store.log.register_key(signer.verifier)
+    await store.outbox.create_subscription(receiver.url, ["consent.withdrawn"], None, None, new_secret())
+    appender = Appender(store.log, signer, ORIGIN)
     await appender.start()
     await appender.append(drafts(["killed-1"])[0])
     await appender.stop()
@@ -345,25 +345,25 @@ async def test_a_dispatcher_killed_mid_delivery_is_replaced_after_the_lease(
 
 
 async def test_two_dispatchers_never_send_one_delivery_together(
-    database_url: str, store: Store, key_file: Path
+    database_url: str, store: Stores, key_file: Path
 ) -> None:
     receivers = [Receiver().start() for _ in range(3)]
-    others: list[Store] = []
+    others: list[Stores] = []
     try:
         signer = read_key_file(key_file)
-        await store.register_key(signer.verifier)
+        await store.log.register_key(signer.verifier)
         for r in receivers:
-            await store.create_subscription(r.url, ["consent.withdrawn"], None, None, new_secret())
+            await store.outbox.create_subscription(r.url, ["consent.withdrawn"], None, None, new_secret())
             r.default = Reply(200, delay=0.01)
-        appender = Appender(store, signer, ORIGIN)
+        appender = Appender(store.log, signer, ORIGIN)
         await appender.start()
         sealed = await asyncio.gather(*(appender.append(d) for d in drafts([f"pair-{i}" for i in range(40)])))
         await appender.stop()
         dispatchers = []
         for _ in range(2):
-            other = Store(await create_pool(database_url, max_size=3))
+            other = open_stores(await create_pool(database_url, max_size=3))
             others.append(other)
-            dispatchers.append(Dispatcher(other, webhook_key(signer), allow_private=True, poll_interval=0.05))
+            dispatchers.append(Dispatcher(other.outbox, webhook_key(signer), allow_private=True, poll_interval=0.05))
         await asyncio.gather(*(d.start() for d in dispatchers))
         for r in receivers:
             await asyncio.to_thread(r.wait_for, 40, 30)
@@ -383,57 +383,57 @@ async def test_two_dispatchers_never_send_one_delivery_together(
 
 
 async def test_the_dispatcher_refuses_a_private_address_at_send_time(
-    store: Store, key_file: Path, receiver: Receiver
+    store: Stores, key_file: Path, receiver: Receiver
 ) -> None:
     signer = read_key_file(key_file)
-    await store.register_key(signer.verifier)
+    await store.log.register_key(signer.verifier)
     # Written straight to storage, as if the address had changed since the subscription was checked.
-    record = await store.create_subscription(receiver.url, ["consent.withdrawn"], None, None, new_secret())
-    appender = Appender(store, signer, ORIGIN)
+    record = await store.outbox.create_subscription(receiver.url, ["consent.withdrawn"], None, None, new_secret())
+    appender = Appender(store.log, signer, ORIGIN)
     await appender.start()
     await appender.append(drafts(["private-1"])[0])
     await appender.stop()
-    dispatcher = Dispatcher(store, webhook_key(signer), allow_private=False, poll_interval=0.05)
+    dispatcher = Dispatcher(store.outbox, webhook_key(signer), allow_private=False, poll_interval=0.05)
     await dispatcher.start()
     try:
 
         async def attempted() -> bool:
-            return any(d.attempts for d in await store.deliveries(uuid.UUID(record.id)))
+            return any(d.attempts for d in await store.outbox.deliveries(uuid.UUID(record.id)))
 
         await wait_until(attempted)
     finally:
         await dispatcher.stop()
-    [delivery] = await store.deliveries(uuid.UUID(record.id))
+    [delivery] = await store.outbox.deliveries(uuid.UUID(record.id))
     assert "destination refused" in (delivery.attempts[0].error or "")
     assert receiver.received == []
 
 
 async def test_a_host_that_does_not_resolve_fails_its_delivery_and_nothing_else(
-    store: Store, key_file: Path, receiver: Receiver
+    store: Stores, key_file: Path, receiver: Receiver
 ) -> None:
     signer = read_key_file(key_file)
-    await store.register_key(signer.verifier)
-    broken = await store.create_subscription(
+    await store.log.register_key(signer.verifier)
+    broken = await store.outbox.create_subscription(
         "https://no-such-host.invalid/x", ["consent.withdrawn"], None, None, new_secret()
     )
-    await store.create_subscription(receiver.url, ["consent.withdrawn"], None, None, new_secret())
-    appender = Appender(store, signer, ORIGIN)
+    await store.outbox.create_subscription(receiver.url, ["consent.withdrawn"], None, None, new_secret())
+    appender = Appender(store.log, signer, ORIGIN)
     await appender.start()
     await appender.append(drafts(["unresolvable-1"])[0])
     await appender.stop()
-    dispatcher = Dispatcher(store, webhook_key(signer), allow_private=True, poll_interval=0.05)
+    dispatcher = Dispatcher(store.outbox, webhook_key(signer), allow_private=True, poll_interval=0.05)
     await dispatcher.start()
     try:
         await asyncio.to_thread(receiver.wait_for, 1, 10)
 
         async def attempted() -> bool:
-            return any(d.attempts for d in await store.deliveries(uuid.UUID(broken.id)))
+            return any(d.attempts for d in await store.outbox.deliveries(uuid.UUID(broken.id)))
 
         await wait_until(attempted)
         assert dispatcher._task is not None
         assert not dispatcher._task.done(), "the dispatcher kept running"
     finally:
         await dispatcher.stop()
-    [delivery] = await store.deliveries(uuid.UUID(broken.id))
+    [delivery] = await store.outbox.deliveries(uuid.UUID(broken.id))
     assert delivery.status == "pending"
     assert delivery.attempts[0].error

@@ -1,0 +1,65 @@
+"""API tokens, stored as their SHA-256."""
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import asyncpg
+
+from ledger.storage.database import translated
+from ledger.storage.notifications import TOKEN_CHANNEL
+
+
+class TokenRecord(NamedTuple):
+    name: str
+    scopes: list[str]
+    token_hash: bytes
+
+
+class TokenStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def create_token(self, name: str, token_hash: bytes, scopes: Sequence[str]) -> None:
+        with translated():
+            await self.pool.execute(
+                "INSERT INTO api_tokens (name, token_hash, scopes) VALUES ($1, $2, $3)", name, token_hash, list(scopes)
+            )
+
+    async def ensure_token(self, name: str, token_hash: bytes, scopes: Sequence[str]) -> None:
+        """Make `token_hash` the one active token called `name` (LEDGER_ADMIN_TOKEN's bootstrap)."""
+        with translated():
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", name)
+                current = await conn.fetchval(
+                    "SELECT token_hash FROM api_tokens WHERE name = $1 AND revoked_at IS NULL", name
+                )
+                if current is not None and bytes(current) == token_hash:
+                    return
+                await conn.execute(
+                    "UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", name
+                )
+                await conn.execute(
+                    "INSERT INTO api_tokens (name, token_hash, scopes) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (token_hash) DO UPDATE SET revoked_at = NULL, name = EXCLUDED.name",
+                    name,
+                    token_hash,
+                    list(scopes),
+                )
+
+    async def revoke_token(self, name: str) -> int:
+        with translated():
+            async with self.pool.acquire() as conn, conn.transaction():
+                status = await conn.execute(
+                    "UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", name
+                )
+                # Every server process drops its cached tokens when this commits.
+                await conn.execute("SELECT pg_notify($1, $2)", TOKEN_CHANNEL, name)
+        return int(status.split()[-1])
+
+    async def token(self, token_hash: bytes) -> TokenRecord | None:
+        with translated():
+            row = await self.pool.fetchrow(
+                "SELECT name, scopes, token_hash FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+                token_hash,
+            )
+        return None if row is None else TokenRecord(row["name"], list(row["scopes"]), bytes(row["token_hash"]))
