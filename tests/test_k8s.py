@@ -116,6 +116,10 @@ def test_the_base_renders_with_kustomize_into_one_namespace() -> None:
         for c in doc["spec"]["template"]["spec"]["containers"]
     }
     assert images == {"registry.example.com/consent-ledger:0.1.0"}
+    # Applied in order: no pod of the ledger runs before its NetworkPolicy exists.
+    order = [doc["kind"] for doc in rendered]
+    assert max(i for i, kind in enumerate(order) if kind == "NetworkPolicy") < order.index("Job")
+    assert order.index("Job") < order.index("Deployment")  # the migrate Job first
 
 
 def test_the_servicemonitor_component_adds_only_the_servicemonitor(tmp_path: Path) -> None:
