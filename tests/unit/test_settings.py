@@ -165,7 +165,6 @@ def test_the_cli_reports_an_unreadable_secret_file_in_one_line(tmp_path: Path) -
         [sys.executable, "-m", "ledger", "migrate"], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
-    assert "LEDGER_ADMIN_TOKEN_FILE is not a setting" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"ledger: error: LEDGER_ADMIN_TOKEN_FILE={tmp_path / 'gone'}: No such file or directory"
-    )
+    *before, last = result.stderr.strip().splitlines()
+    assert not [line for line in before if "LEDGER_ADMIN_TOKEN_FILE" in line]  # not reported as a typo
+    assert last == f"ledger: error: LEDGER_ADMIN_TOKEN_FILE={tmp_path / 'gone'}: No such file or directory"
