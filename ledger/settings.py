@@ -11,6 +11,10 @@ from ledger.core.purposes import BUILT_IN, Registry, parse_registry
 from ledger.errors import ConfigError
 
 DEFAULT_ORIGIN = "consent-ledger.localhost/log"
+# Secrets that may also come from a file named by LEDGER_<NAME>_FILE (CONTRACT section 6): an
+# orchestrator mounts secrets as files, which, unlike environment variables, no child process,
+# crash report or `/proc/<pid>/environ` reader inherits.
+FILE_VARIANTS = ("LEDGER_DATABASE_URL", "LEDGER_ADMIN_TOKEN", "LEDGER_TOMBSTONE_KEY")
 KNOWN = {
     "LEDGER_DATABASE_URL",
     "LEDGER_DATA_DIR",
@@ -25,6 +29,7 @@ KNOWN = {
     "LEDGER_WORKERS",
     "LEDGER_WEBHOOK_ALLOW_PRIVATE",
     "LEDGER_TOMBSTONE_KEY",
+    *(f"{name}_FILE" for name in FILE_VARIANTS),
 }
 MIN_ADMIN_TOKEN_LENGTH = 32
 
@@ -85,10 +90,35 @@ def _text(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def _from_file(env: Mapping[str, str], name: str) -> tuple[str | None, str]:
+    """The value of `name` or of the file its `_FILE` variant names, and how to name its source."""
+    direct = _text(env, name)
+    path = _text(env, f"{name}_FILE")
+    if path is None:
+        return direct, name
+    source = f"{name}_FILE={path}"
+    try:
+        # Secret files usually end with a newline (an editor's, `echo`'s): it is not part of the value,
+        # and surrounding blanks are stripped as they are from the variables themselves.
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    if not value:
+        # An empty database URL would otherwise mean "embedded": a missing secret must not change mode.
+        raise ConfigError(f"{source}: the file is empty")
+    # `ledger serve` hands its resolved database URL to its workers as LEDGER_DATABASE_URL while the
+    # _FILE variant is still set: the same value twice is no ambiguity, two different ones are.
+    if direct is not None and direct != value:
+        raise ConfigError(f"{name} and {name}_FILE are both set: set only one")
+    return value, source
+
+
 def _secret(env: Mapping[str, str], name: str) -> str | None:
-    value = _text(env, name)
+    value, source = _from_file(env, name)
     if value is not None and len(value) < MIN_ADMIN_TOKEN_LENGTH:
-        raise ConfigError(f"{name}: must be at least {MIN_ADMIN_TOKEN_LENGTH} characters")
+        raise ConfigError(f"{source}: must be at least {MIN_ADMIN_TOKEN_LENGTH} characters")
     return value
 
 
@@ -102,12 +132,10 @@ def _name(env: Mapping[str, str], name: str, value: str) -> str:
 def parse(env: Mapping[str, str]) -> Settings:
     origin = _name(env, "LEDGER_LOG_ORIGIN", _text(env, "LEDGER_LOG_ORIGIN") or DEFAULT_ORIGIN)
     key_name = _text(env, "LEDGER_KEY_NAME")
-    database_url = _text(env, "LEDGER_DATABASE_URL")
+    database_url, source = _from_file(env, "LEDGER_DATABASE_URL")
     if database_url and not database_url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("LEDGER_DATABASE_URL: expected a postgresql:// URL")
-    admin_token = _text(env, "LEDGER_ADMIN_TOKEN")
-    if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN_LENGTH:
-        raise ConfigError(f"LEDGER_ADMIN_TOKEN: must be at least {MIN_ADMIN_TOKEN_LENGTH} characters")
+        raise ConfigError(f"{source}: expected a postgresql:// URL")
+    admin_token = _secret(env, "LEDGER_ADMIN_TOKEN")
     signing_key = _text(env, "LEDGER_SIGNING_KEY")
     if signing_key and not Path(signing_key).is_file():
         raise ConfigError(f"LEDGER_SIGNING_KEY={signing_key}: no such file")
