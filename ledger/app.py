@@ -18,7 +18,7 @@ from ledger.api.health import HealthController, prometheus
 from ledger.api.log import ExportController, KeysController, LogController
 from ledger.api.problems import EXCEPTION_HANDLERS
 from ledger.api.webhooks import WebhooksController
-from ledger.service import Ledger
+from ledger.composition import Services
 from ledger.settings import Settings
 
 CONSISTENCY_TOKEN = "Consistency-Token"
@@ -35,7 +35,7 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         url, server = await embedded.resolve_database(settings)
-        ledger = await Ledger.open(settings, url, keys.load_signer(settings))
+        ledger = await Services.open(settings, url, keys.load_signer(settings))
         app.state.ledger = ledger
         flusher = asyncio.create_task(metrics.flush_periodically())
         try:
@@ -49,13 +49,13 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
             if server is not None:
                 server.cleanup()
 
-    def ledger_of(state: State) -> Ledger:
-        ledger: Ledger = state.ledger
+    def ledger_of(state: State) -> Services:
+        ledger: Services = state.ledger
         return ledger
 
     async def add_consistency_token(message: Message, _: Scope) -> None:
         # At the ASGI edge, so error responses and streams carry it too.
-        ledger: Ledger | None = getattr(app.state, "ledger", None)
+        ledger: Services | None = getattr(app.state, "ledger", None)
         if message["type"] == "http.response.start" and ledger is not None:
             MutableScopeHeaders.from_message(message)[CONSISTENCY_TOKEN] = ledger.consistency_token()
 

@@ -25,7 +25,7 @@ from ledger.core.notice import changed_keys, encode_notices
 from ledger.core.rfc6962 import EMPTY_ROOT
 from ledger.core.tree import CompactRange, range_nodes
 from ledger.core.webhooks import build_deliveries, erasure_deliveries
-from ledger.errors import IdempotencyConflict, LogCorrupted, StorageError
+from ledger.errors import IdempotencyConflict, LogCorrupted, StorageError, UnknownDevice
 from ledger.storage.log import AppendTransaction, EntryRow, Head, LogStore
 
 log = logging.getLogger("ledger.appender")
@@ -51,10 +51,6 @@ def _outcome(position: int, settled: Settlement, appended: dict[int, Sealed]) ->
     if isinstance(settled, Replayed):
         return settled
     return appended[position]
-
-
-class UnknownDevice(StorageError):
-    """An erase for a device that has no subject (never recorded, or already erased)."""
 
 
 class Appender:

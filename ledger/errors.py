@@ -37,3 +37,19 @@ class UnprocessableRequest(LedgerError):
 
 class NotFound(LedgerError):
     """The thing asked for is not in the ledger."""
+
+
+class Stale(StorageError):
+    """The projection cannot show it is within LEDGER_MAX_STALENESS_MS of the database."""
+
+
+class ConsistencyTimeout(StorageError):
+    """This replica could not apply what a consistency token covers within the allowed wait."""
+
+
+class ImpossibleState(LogCorrupted):
+    """A state row that no sequence of log entries could have produced."""
+
+
+class UnknownDevice(LedgerError):
+    """An erase for a device that has no subject (never recorded, or already erased)."""

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from ledger import metrics
+from ledger.core.batch import Sealed
 from ledger.core.checkpoint import Checkpoint, open_checkpoint
 from ledger.core.entry import Entry, parse_entry
 from ledger.core.errors import EntryError, NoteError, ProofError
@@ -48,6 +49,11 @@ class Integrity:
         return self.problem is None
 
 
+class SignedTree(NamedTuple):
+    checkpoint: Checkpoint
+    note: str
+
+
 class Proven(NamedTuple):
     """An entry shown to be at its index in a signed tree, with the proof that shows it."""
 
@@ -56,10 +62,9 @@ class Proven(NamedTuple):
     leaf_hash: bytes
     proof: list[bytes]
 
-
-class SignedTree(NamedTuple):
-    checkpoint: Checkpoint
-    note: str
+    def sealed(self, tree: SignedTree) -> Sealed:
+        """The entry as a receipt carries it: proven in `tree`, under its signed note."""
+        return Sealed(self.entry, self.leaf, self.leaf_hash, self.proof, tree.note, tree.checkpoint.size)
 
 
 class ProvenLog:

@@ -45,7 +45,7 @@ from ledger.core.decision import ERASED, Basis
 from ledger.core.entry import Entry, parse_entry
 from ledger.core.errors import EntryError
 from ledger.core.notice import decode_notice, is_erasure
-from ledger.errors import LogCorrupted, StorageError
+from ledger.errors import ImpossibleState, Stale
 from ledger.storage import notifications
 from ledger.storage.log import LogStore
 from ledger.storage.notifications import LOG_CHANNEL, TOKEN_CHANNEL
@@ -76,14 +76,6 @@ class _Lru(OrderedDict[object, object]):
         if value is not MISSING:
             self.move_to_end(key)
         return value
-
-
-class Stale(StorageError):
-    """The projection cannot show it is within LEDGER_MAX_STALENESS_MS of the database."""
-
-
-class ImpossibleState(LogCorrupted):
-    """A state row that no sequence of log entries could have produced."""
 
 
 class Projection:

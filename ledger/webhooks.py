@@ -20,6 +20,7 @@ import httpx
 from nacl.signing import SigningKey
 
 from ledger import metrics
+from ledger.core.note import Signer
 from ledger.core.webhooks import (
     DestinationRefused,
     check_destination,
@@ -145,3 +146,9 @@ class Dispatcher:
             "POST", pinned, content=delivery.payload, headers=headers, extensions=extensions
         ) as response:
             return response.status_code, response.headers.get("retry-after")
+
+
+def webhook_key(signer: Signer) -> SigningKey:
+    """The Ed25519 key behind webhook `v1a` signatures, derived from the log's key (so a webhook
+    signature can never pass for a checkpoint signature)."""
+    return signer.derive("consent-ledger webhook signatures v1")

@@ -37,7 +37,7 @@ class ChecksController(Controller):
         consistency: FromQuery[str | None] = None,
         at: FromQuery[str | None] = None,
     ) -> DecisionOut:
-        [decision] = await ledger.decide([(device_id, purpose)], consistency, at)
+        [decision] = await ledger.checking.decide([(device_id, purpose)], consistency, at)
         return DecisionOut.of(device_id, decision)
 
     @post("/", status_code=200, request_max_body_size=MAX_CHECKS_BODY)
@@ -50,7 +50,7 @@ class ChecksController(Controller):
     ) -> ChecksOut:
         body = decode_body(checks_decoder, await request.body())
         pairs = [(c.device_id, c.purpose) for c in body.checks]
-        decisions = await ledger.decide(pairs, consistency, at)
+        decisions = await ledger.checking.decide(pairs, consistency, at)
         return ChecksOut([DecisionOut.of(d, r) for (d, _), r in zip(pairs, decisions, strict=True)])
 
 
@@ -66,23 +66,23 @@ class DevicesController(Controller):
         at: FromQuery[str | None] = None,
     ) -> DeviceConsents:
         purposes = list(ledger.registry.purposes)
-        decisions = await ledger.decide([(device_id, p) for p in purposes], consistency, at)
+        decisions = await ledger.checking.decide([(device_id, p) for p in purposes], consistency, at)
         return DeviceConsents(device_id, {d.purpose: DecisionOut.of(device_id, d) for d in decisions})
 
     @get("/export", guards=[require("audit:read")])
     async def personal_export(self, ledger: LedgerDep, device_id: FromPath[str]) -> PersonalExport:
-        record = await ledger.personal_export(device_id)
+        record = await ledger.auditing.personal_export(device_id)
         if record is None:
             raise NotFoundException("the ledger holds no record for this device")
         return record
 
     @post("/erase", guards=[require("admin")], status_code=201)
     async def erase(self, ledger: LedgerDep, device_id: FromPath[str]) -> Receipt:
-        return await ledger.erase(device_id)
+        return await ledger.erasure.erase(device_id)
 
     @get("/history", guards=[require("audit:read")])
     async def history(self, ledger: LedgerDep, device_id: FromPath[str]) -> DeviceHistory:
-        return DeviceHistory(device_id, await ledger.history(device_id))
+        return DeviceHistory(device_id, await ledger.auditing.history(device_id))
 
 
 class PurposesController(Controller):

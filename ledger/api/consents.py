@@ -21,7 +21,7 @@ class ConsentsController(Controller):
         key = request.headers.get("idempotency-key")
         if key is not None and not _valid_key(key):
             raise ValidationException("Idempotency-Key must be 1 to 128 visible ASCII characters")
-        receipt, created = await ledger.record(await request.body(), key, request.state.token_name)
+        receipt, created = await ledger.recording.record(await request.body(), key, request.state.token_name)
         return Response(receipt, status_code=201 if created else 200)
 
 

@@ -2,7 +2,7 @@
 
 from litestar.di import NamedDependency
 
-from ledger.service import Ledger
+from ledger.composition import Services
 
 # Provided by create_litestar() from app.state; named, as Litestar 3 will require.
-LedgerDep = NamedDependency[Ledger]
+LedgerDep = NamedDependency[Services]

@@ -19,11 +19,11 @@ import msgspec
 
 from ledger import metrics
 from ledger.auth import grants, token_hash
+from ledger.composition import Services
 from ledger.core.decision import Basis, decide
 from ledger.core.entry import format_time, is_device_id
 from ledger.models import DecisionOut
 from ledger.projection import MISSING
-from ledger.service import Ledger
 
 PATH = "/v1/check"
 ROUTE = "/v1/check"
@@ -34,11 +34,11 @@ def _now() -> str:
     return format_time(datetime.now(UTC))
 
 
-def answer(ledger: Ledger, query: bytes, authorization: str | None) -> bytes | None:
+def answer(ledger: Services, query: bytes, authorization: str | None) -> bytes | None:
     """The response body, or None when the full route must answer."""
     if authorization is None or not authorization.startswith("Bearer "):
         return None
-    record = ledger.cached_token(token_hash(authorization[7:].strip()))
+    record = ledger.access.cached(token_hash(authorization[7:].strip()))
     if record is None or not grants(record.scopes, "consent:check"):
         return None
     params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
@@ -70,7 +70,7 @@ class FastCheck:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "GET":
             started = time.perf_counter()
-            ledger: Ledger | None = getattr(self.app.state, "ledger", None)
+            ledger: Services | None = getattr(self.app.state, "ledger", None)
             body = None
             if ledger is not None:
                 authorization = None

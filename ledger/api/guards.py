@@ -7,7 +7,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 
 from ledger.auth import grants
-from ledger.service import Ledger
+from ledger.composition import Services
 
 Guard = Any
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="consent-ledger"'}
@@ -18,8 +18,8 @@ def require(scope: str) -> Guard:
         scheme, _, token = connection.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NotAuthorizedException("a bearer token is required", headers=CHALLENGE)
-        ledger: Ledger = connection.app.state.ledger
-        record = await ledger.authenticate(token.strip())
+        ledger: Services = connection.app.state.ledger
+        record = await ledger.access.authenticate(token.strip())
         if record is None:
             raise NotAuthorizedException("the token is not valid", headers=CHALLENGE)
         if not grants(record.scopes, scope):

@@ -8,7 +8,6 @@ from litestar import Controller, get
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Response, Stream
 
-from ledger import export
 from ledger.api.deps import LedgerDep
 from ledger.api.guards import require
 from ledger.core.entry import parse_time
@@ -46,7 +45,9 @@ class KeysController(Controller):
 
     @get("/")
     async def keys(self, ledger: LedgerDep) -> KeysOut:
-        return KeysOut([KeyOut(k.key_name, k.key_id, k.vkey, "ed25519", k.active) for k in await ledger.keys()])
+        return KeysOut(
+            [KeyOut(k.key_name, k.key_id, k.vkey, "ed25519", k.active) for k in await ledger.auditing.keys()]
+        )
 
 
 class LogController(Controller):
@@ -54,13 +55,13 @@ class LogController(Controller):
 
     @get("/checkpoint", media_type="text/plain")
     async def checkpoint(self, ledger: LedgerDep) -> Response[str]:
-        return Response(await ledger.checkpoint(), headers={"Cache-Control": "no-store"})
+        return Response(await ledger.auditing.checkpoint(), headers={"Cache-Control": "no-store"})
 
     @get("/entries", guards=[require("audit:read")])
     async def entries(
         self, ledger: LedgerDep, start: NonNegative = 0, end: Annotated[int | None, QueryParameter(ge=0)] = None
     ) -> Stream:
-        first, last, lines = await ledger.entries(start, end)
+        first, last, lines = await ledger.auditing.entries(start, end)
         return Stream(
             lines,
             media_type="application/x-ndjson",
@@ -69,7 +70,7 @@ class LogController(Controller):
 
     @get("/proof/inclusion", guards=[require("audit:read")])
     async def inclusion(self, ledger: LedgerDep, index: NonNegative, tree_size: NonNegative) -> InclusionOut:
-        proof = await ledger.inclusion(index, tree_size)
+        proof = await ledger.auditing.inclusion(index, tree_size)
         return InclusionOut(index, tree_size, [h.hex() for h in proof])
 
     @get("/proof/consistency", guards=[require("audit:read")])
@@ -79,7 +80,7 @@ class LogController(Controller):
         size1: Annotated[int, QueryParameter(name="from", ge=0)],
         size2: Annotated[int, QueryParameter(name="to", ge=0)],
     ) -> ConsistencyOut:
-        proof = await ledger.consistency(size1, size2)
+        proof = await ledger.auditing.consistency(size1, size2)
         return ConsistencyOut(size1, size2, [h.hex() for h in proof])
 
 
@@ -95,10 +96,10 @@ class ExportController(Controller):
         since: FromQuery[str | None] = None,
         until: FromQuery[str | None] = None,
     ) -> Stream:
-        plan = await export.plan(ledger.store.log, start, end, _time(since, "since"), _time(until, "until"))
+        plan = await ledger.auditing.export_plan(start, end, _time(since, "since"), _time(until, "until"))
         name = f"consent-ledger-export-{plan.start}-{plan.end}-of-{plan.tree_size}.tar"
         return Stream(
-            export.tar_stream(ledger.store.log, plan),
+            ledger.auditing.export_stream(plan),
             media_type="application/x-tar",
             headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
         )

@@ -9,15 +9,15 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from ledger.errors import (
+    ConsistencyTimeout,
     IdempotencyConflict,
     InvalidRequest,
     LogCorrupted,
     NotFound,
+    Stale,
     StorageError,
     UnprocessableRequest,
 )
-from ledger.projection import Stale
-from ledger.service import ConsistencyTimeout
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://consent-ledger.dev/problems/"

@@ -26,36 +26,34 @@ class WebhooksController(Controller):
 
     @post("/", request_max_body_size=16 * 1024)
     async def create(self, request: Request[Any, Any, Any], ledger: LedgerDep) -> WebhookCreated:
-        return await ledger.create_webhook(decode_body(webhook_decoder, await request.body()))
+        return await ledger.webhooks.create(decode_body(webhook_decoder, await request.body()))
 
     @get("/")
     async def list_all(self, ledger: LedgerDep) -> WebhooksOut:
-        return WebhooksOut(await ledger.webhooks())
+        return WebhooksOut(await ledger.webhooks.all())
 
     @get("/{webhook_id:uuid}")
     async def one(self, ledger: LedgerDep, webhook_id: FromPath[UUID]) -> WebhookOut:
-        return _found(await ledger.webhook(webhook_id))
+        return _found(await ledger.webhooks.get(webhook_id))
 
     @delete("/{webhook_id:uuid}")
     async def remove(self, ledger: LedgerDep, webhook_id: FromPath[UUID]) -> None:
-        if not await ledger.store.outbox.delete_subscription(webhook_id):
+        if not await ledger.webhooks.delete(webhook_id):
             raise NotFoundException("no such webhook")
 
     @post("/{webhook_id:uuid}/rotate-secret", status_code=200)
     async def rotate(self, ledger: LedgerDep, webhook_id: FromPath[UUID]) -> SecretRotated:
-        return _found(await ledger.rotate_webhook_secret(webhook_id))
+        return _found(await ledger.webhooks.rotate_secret(webhook_id))
 
     @get("/{webhook_id:uuid}/deliveries")
     async def deliveries(self, ledger: LedgerDep, webhook_id: FromPath[UUID]) -> DeliveriesOut:
-        _found(await ledger.webhook(webhook_id))
-        return DeliveriesOut(await ledger.deliveries(webhook_id))
+        _found(await ledger.webhooks.get(webhook_id))
+        return DeliveriesOut(await ledger.webhooks.deliveries(webhook_id))
 
     @post("/{webhook_id:uuid}/deliveries/{delivery_id:str}/retry", status_code=202)
     async def retry(self, ledger: LedgerDep, webhook_id: FromPath[UUID], delivery_id: FromPath[str]) -> dict[str, str]:
-        if not await ledger.store.outbox.retry_delivery(webhook_id, delivery_id):
+        if not await ledger.webhooks.retry(webhook_id, delivery_id):
             raise NotFoundException("no such delivery for this webhook")
-        if ledger.dispatcher is not None:
-            ledger.dispatcher.ring()
         return {"id": delivery_id, "status": "pending"}
 
 

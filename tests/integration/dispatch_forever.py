@@ -6,9 +6,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from ledger.keys import read_key_file
-from ledger.service import webhook_key
 from ledger.storage import create_pool, open_stores
-from ledger.webhooks import Dispatcher
+from ledger.webhooks import Dispatcher, webhook_key
 
 
 async def main(url: str, key_file: str, lease_seconds: float) -> None:

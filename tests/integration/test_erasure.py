@@ -11,7 +11,7 @@ import pytest
 
 from ledger.core.verify import verify_log
 from ledger.keys import read_key_file
-from ledger.service import TOMBSTONE_LABEL
+from ledger.services.erasure import TOMBSTONE_LABEL
 from ledger.storage import Stores
 
 from .conftest import ORIGIN, bearer, ledger_server, log_verifier

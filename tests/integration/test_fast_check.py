@@ -11,11 +11,11 @@ import pytest
 
 from ledger import auth
 from ledger.api.fast_check import FastCheck
+from ledger.composition import Services
 from ledger.core.batch import Draft
 from ledger.core.entry import format_time
 from ledger.core.note import Signer
 from ledger.models import DecisionOut
-from ledger.service import Ledger
 from ledger.settings import Settings
 
 from .conftest import bearer
@@ -25,7 +25,7 @@ from .server import ADMIN_TOKEN
 class Downstream:
     """Stands in for the Litestar app: counts what reaches it."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Services) -> None:
         self.state = type("State", (), {"ledger": ledger})()
         self.calls = 0
 
@@ -36,8 +36,8 @@ class Downstream:
 
 
 @pytest.fixture
-async def ledger(database_url: str) -> AsyncIterator[Ledger]:
-    opened = await Ledger.open(Settings(database_url=database_url), database_url, Signer.generate("fast.test/log"))
+async def ledger(database_url: str) -> AsyncIterator[Services]:
+    opened = await Services.open(Settings(database_url=database_url), database_url, Signer.generate("fast.test/log"))
     yield opened
     await opened.close()
 
@@ -73,11 +73,11 @@ def grant(device: str, **extra: object) -> Draft:
     return Draft(**fields)
 
 
-async def test_only_the_plain_case_is_answered_and_it_matches_the_full_decision(ledger: Ledger) -> None:
+async def test_only_the_plain_case_is_answered_and_it_matches_the_full_decision(ledger: Services) -> None:
     token = auth.new_token()
-    await ledger.store.tokens.create_token("checker", auth.token_hash(token), ["consent:check"])
+    await ledger.stores.tokens.create_token("checker", auth.token_hash(token), ["consent:check"])
     writer = auth.new_token()
-    await ledger.store.tokens.create_token("writer", auth.token_hash(writer), ["consent:write"])
+    await ledger.stores.tokens.create_token("writer", auth.token_hash(writer), ["consent:write"])
     soon = format_time(datetime.now(UTC) + timedelta(hours=1))
     sealed = await ledger.appender.append(grant("fast-1", expires_at=soon))
     assert await ledger.projection.wait_for(sealed.tree_size, 5)
@@ -87,20 +87,20 @@ async def test_only_the_plain_case_is_answered_and_it_matches_the_full_decision(
 
     # Not yet validated token, then a cache miss: both go to the full route.
     assert (await call(app, plain, token))[0] == 299
-    await ledger.authenticate(token)
+    await ledger.access.authenticate(token)
     assert (await call(app, plain, token))[0] == 299
     await ledger.projection.lookup([("fast-1", "telemetry")])
 
     status, body, headers = await call(app, plain, token)
     assert status == 200
     assert downstream.calls == 2
-    [decision] = await ledger.decide([("fast-1", "telemetry")])
+    [decision] = await ledger.checking.decide([("fast-1", "telemetry")])
     assert body == msgspec.json.encode(DecisionOut.of("fast-1", decision))
     assert msgspec.json.decode(body)["expires_at"] == soon
     assert headers[b"content-type"] == b"application/json"
     assert headers[b"consistency-token"] == ledger.consistency_token().encode()
 
-    await ledger.authenticate(writer)
+    await ledger.access.authenticate(writer)
     for query, presented in [
         (plain, None),
         (plain, "cl_unknown"),

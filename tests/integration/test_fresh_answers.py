@@ -19,9 +19,9 @@ import msgspec
 import pytest
 
 from ledger.appender import Appender
+from ledger.composition import Services
 from ledger.core.note import Signer
 from ledger.projection import Projection
-from ledger.service import Ledger
 from ledger.settings import Settings
 from ledger.storage import create_pool, open_stores
 
@@ -94,16 +94,16 @@ async def test_the_appending_process_holds_its_batch_before_the_receipt(database
     """The service as `ledger serve` wires it, with its LISTEN connection and its tailer stopped:
     only the appender's own hand-over can bring the withdrawal into the cache."""
     settings = Settings(max_staleness_ms=120_000, log_origin=ORIGIN)
-    ledger = await Ledger.open(settings, database_url, Signer.generate(ORIGIN))
+    ledger = await Services.open(settings, database_url, Signer.generate(ORIGIN))
     try:
         for task in ledger.projection._tasks:
             task.cancel()
         pair = [("own-1", PURPOSE)]
-        await ledger.record(msgspec.json.encode(consent("own-1", "grant")), None, "test")
-        [decision] = await ledger.decide(pair)
+        await ledger.recording.record(msgspec.json.encode(consent("own-1", "grant")), None, "test")
+        [decision] = await ledger.checking.decide(pair)
         assert decision.allowed
-        await ledger.record(msgspec.json.encode(consent("own-1", "withdraw")), None, "test")
-        [decision] = await ledger.decide(pair)
+        await ledger.recording.record(msgspec.json.encode(consent("own-1", "withdraw")), None, "test")
+        [decision] = await ledger.checking.decide(pair)
         assert (decision.allowed, decision.reason) == (False, "withdrawn")
     finally:
         await ledger.close()

@@ -13,9 +13,8 @@ import pytest
 from ledger.appender import Appender
 from ledger.core.webhooks import new_secret
 from ledger.keys import read_key_file
-from ledger.service import webhook_key
 from ledger.storage import Stores
-from ledger.webhooks import Dispatcher
+from ledger.webhooks import Dispatcher, webhook_key
 
 from .conftest import ORIGIN, bearer, ledger_server
 from .receiver import Receiver

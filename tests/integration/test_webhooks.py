@@ -25,9 +25,8 @@ from ledger.core.entry import format_time
 from ledger.core.note import Verifier
 from ledger.core.webhooks import new_secret, signed_content
 from ledger.keys import read_key_file
-from ledger.service import webhook_key
 from ledger.storage import Stores, create_pool, open_stores
-from ledger.webhooks import Dispatcher
+from ledger.webhooks import Dispatcher, webhook_key
 
 from .conftest import ORIGIN, bearer, ledger_server
 from .receiver import Receiver, Reply

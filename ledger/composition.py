@@ -1,0 +1,116 @@
+"""The composition root: every part of a serving process, built once and wired together.
+
+Built in Litestar's lifespan (ledger/app.py) and torn down with it. The wiring order matters in
+one place: the appender hands each committed batch to this process's projection before anything
+else, so no receipt goes out before the answers of this process reflect it.
+"""
+
+from collections.abc import Callable
+from typing import Self
+
+from ledger import auth
+from ledger.appender import Appender
+from ledger.core.note import Signer, Verifier
+from ledger.core.purposes import Registry
+from ledger.integrity import Integrity, ProvenLog
+from ledger.projection import Projection
+from ledger.services.access import Access
+from ledger.services.auditing import Auditing
+from ledger.services.checking import Checking
+from ledger.services.erasure import Erasure, tombstone_hasher
+from ledger.services.position import Position
+from ledger.services.recording import Recording
+from ledger.services.webhook_admin import WebhookAdmin
+from ledger.settings import Settings
+from ledger.storage import Stores, create_pool, migrations, open_stores
+from ledger.webhooks import Dispatcher, webhook_key
+
+ADMIN_TOKEN_NAME = "LEDGER_ADMIN_TOKEN"
+
+
+class Services:
+    """The use cases of one process, and the long-lived parts behind them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stores: Stores,
+        signer: Signer,
+        appender: Appender,
+        projection: Projection,
+        dispatcher: Dispatcher,
+    ) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.appender = appender
+        self.projection = projection
+        self.dispatcher = dispatcher
+        registry = settings.registry
+        tombstone: Callable[[str], bytes] = tombstone_hasher(settings.tombstone_key, signer)
+        self.integrity = Integrity()
+        proven = ProvenLog(stores.log, [signer.verifier], self.integrity)
+        self.position = Position(lambda: projection.applied, lambda: appender.tree_size or 0)
+        self.access = Access(stores.tokens)
+        self.recording = Recording(registry, appender, proven, projection, self.position)
+        self.checking = Checking(
+            registry, projection, stores.subjects, proven, self.integrity, tombstone, settings.consistency_wait_ms
+        )
+        webhook_verifier = Verifier(f"{signer.name}/webhooks", bytes(webhook_key(signer).verify_key))
+        self.auditing = Auditing(
+            registry, stores.log, stores.subjects, proven, [signer.verifier, webhook_verifier], self.position
+        )
+        self.erasure = Erasure(appender, tombstone, self.position)
+        self.webhooks = WebhookAdmin(registry, stores.outbox, dispatcher, settings.webhook_allow_private)
+        projection.token_listeners.append(self.access.forget)
+
+    @property
+    def registry(self) -> Registry:
+        return self.settings.registry
+
+    @classmethod
+    async def open(cls, settings: Settings, database_url: str, signer: Signer) -> Self:
+        await migrations.migrate(database_url)
+        stores = open_stores(await create_pool(database_url))
+        try:
+            await stores.log.register_key(signer.verifier)
+            if settings.admin_token:
+                await stores.tokens.ensure_token(ADMIN_TOKEN_NAME, auth.token_hash(settings.admin_token), ["admin"])
+            appender = Appender(stores.log, signer, settings.log_origin)
+            await appender.start()
+            projection = Projection(
+                stores.log,
+                stores.subjects,
+                database_url,
+                cache_size=settings.cache_size,
+                max_staleness_ms=settings.max_staleness_ms,
+                tombstone=tombstone_hasher(settings.tombstone_key, signer),
+            )
+            await projection.start()
+            key = webhook_key(signer)
+            await stores.log.register_key(Verifier(f"{signer.name}/webhooks", bytes(key.verify_key)))
+            dispatcher = Dispatcher(stores.outbox, key, allow_private=settings.webhook_allow_private)
+            projection.log_listeners.append(dispatcher.ring)
+            # The projection first: it must hold the batch before any receipt of it goes out.
+            appender.on_commit.append(projection.apply_committed)
+            appender.on_commit.append(lambda _: dispatcher.ring())
+            await dispatcher.start()
+        except BaseException:
+            await stores.pool.close()
+            raise
+        return cls(settings, stores, signer, appender, projection, dispatcher)
+
+    async def close(self) -> None:
+        await self.dispatcher.stop()
+        await self.projection.stop()
+        await self.appender.stop()
+        await self.stores.pool.close()
+
+    def consistency_token(self) -> str:
+        return self.position.token()
+
+    async def ready(self) -> bool:
+        try:
+            await self.stores.pool.fetchval("SELECT 1")
+        except Exception:
+            return False
+        return self.integrity.intact and self.appender.running and self.projection.fresh()

@@ -1,0 +1,144 @@
+"""What auditors and people ask of the log: checkpoints, keys, entries, proofs, histories, exports."""
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from ledger import export
+from ledger.core.decision import decide, deciding
+from ledger.core.entry import format_time
+from ledger.core.errors import ProofError
+from ledger.core.note import Verifier
+from ledger.core.proof import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
+from ledger.core.purposes import Registry, purpose_record
+from ledger.core.tree import NodeId
+from ledger.errors import InvalidRequest, StorageError
+from ledger.integrity import ProvenLog
+from ledger.models import ConsentRecord, PersonalExport, Receipt
+from ledger.services.position import Position
+from ledger.services.validation import check_device
+from ledger.storage.log import Head, LogStore
+from ledger.storage.subjects import SubjectStore
+
+ENTRIES_PAGE = 1000
+NodesFor = Callable[[int, int], list[NodeId]]
+BuildProof = Callable[[int, int, Mapping[NodeId, bytes]], list[bytes]]
+
+
+class KeyInfo(NamedTuple):
+    key_name: str
+    key_id: str
+    vkey: str
+    active: bool
+
+
+class Auditing:
+    def __init__(
+        self,
+        registry: Registry,
+        log_store: LogStore,
+        subjects: SubjectStore,
+        log: ProvenLog,
+        active_keys: list[Verifier],
+        position: Position,
+    ) -> None:
+        self.registry = registry
+        self.log_store = log_store
+        self.subjects = subjects
+        self.log = log
+        self.active_keys = {v.id.hex() for v in active_keys}
+        self.position = position
+
+    # -- the public log ------------------------------------------------------------------
+
+    async def tree_size(self) -> int:
+        return (await self._head()).size
+
+    async def checkpoint(self) -> str:
+        return (await self._head()).note
+
+    async def _head(self) -> Head:
+        head = await self.log_store.head()
+        if head is None:
+            raise StorageError("the log has no checkpoint yet")
+        self.position.saw(head.size)
+        return head
+
+    async def keys(self) -> list[KeyInfo]:
+        return [
+            KeyInfo(k.key_name, k.key_id, k.vkey, k.key_id in self.active_keys) for k in await self.log_store.keys()
+        ]
+
+    async def entries(self, start: int, end: int | None) -> tuple[int, int, AsyncIterator[bytes]]:
+        """Entries start <= index < end, the end clamped to the log's size, read page by page."""
+        size = await self.tree_size()
+        end = size if end is None else min(end, size)
+        if start < 0 or start > size:
+            raise InvalidRequest(f"start={start} is outside the log (size {size})")
+        if end < start:
+            raise InvalidRequest(f"end={end} is before start={start}")
+
+        async def pages() -> AsyncIterator[bytes]:
+            for page in range(start, end, ENTRIES_PAGE):
+                for data in await self.log_store.entries(page, min(page + ENTRIES_PAGE, end)):
+                    yield data + b"\n"
+
+        return start, end, pages()
+
+    async def inclusion(self, index: int, tree_size: int) -> list[bytes]:
+        return await self._prove(inclusion_nodes, inclusion_proof, index, tree_size, "tree_size")
+
+    async def consistency(self, size1: int, size2: int) -> list[bytes]:
+        return await self._prove(consistency_nodes, consistency_proof, size1, size2, "to")
+
+    async def _prove(self, nodes_for: NodesFor, build: BuildProof, a: int, size: int, name: str) -> list[bytes]:
+        current = await self.tree_size()
+        if size > current:
+            raise InvalidRequest(f"{name}={size} is beyond the log's current size {current}")
+        try:
+            ids = nodes_for(a, size)
+        except ProofError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return build(a, size, await self.log_store.nodes(ids))
+
+    async def export_plan(
+        self, start: int | None, end: int | None, since: datetime | None, until: datetime | None
+    ) -> export.Plan:
+        return await export.plan(self.log_store, start, end, since, until)
+
+    def export_stream(self, plan: export.Plan) -> AsyncIterator[bytes]:
+        return export.tar_stream(self.log_store, plan)
+
+    # -- one device ----------------------------------------------------------------------
+
+    async def history(self, device_id: str) -> list[Receipt]:
+        """The device's receipts, oldest first, each proven against the latest checkpoint."""
+        check_device(device_id)
+        subject = await self.subjects.subject_of(device_id)
+        if subject is None:
+            return []
+        tree = await self.log.head()
+        proven = await self.log.prove(tree, await self.subjects.history(subject, tree.checkpoint.size))
+        return [self.position.receipt(device_id, p.sealed(tree)) for _, p in sorted(proven.items())]
+
+    async def personal_export(self, device_id: str) -> PersonalExport | None:
+        """The person's own record: every entry proved against one checkpoint, the salt to
+        recompute the pseudonym, and per purpose its record of processing and current standing."""
+        check_device(device_id)
+        found = await self.subjects.subject_salt(device_id)
+        if found is None:
+            return None
+        subject, salt = found
+        receipts = await self.history(device_id)
+        now = format_time(datetime.now(UTC))
+        methods = {r.entry.index: r.entry.method for r in receipts}
+        purposes = {}
+        for key, purpose in self.registry.purposes.items():
+            basis = deciding(r.entry for r in receipts if r.entry.purpose == key)
+            d = decide(key, purpose, basis, now)
+            purposes[key] = ConsentRecord(
+                purpose_record(key, purpose, self.registry.controller),
+                d.allowed, d.reason, d.policy_version, d.since, d.expires_at, d.index,
+                None if d.index is None else methods[d.index],
+            )  # fmt: skip
+        return PersonalExport(device_id, subject, salt.hex(), receipts, purposes)

@@ -1,0 +1,87 @@
+"""Answering "is this allowed now?": from the projection, after a consistency token, or as of a past time."""
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from ledger import metrics
+from ledger.core import consistency
+from ledger.core.decision import ERASED, Decision, decide, deciding
+from ledger.core.entry import format_time
+from ledger.core.purposes import Registry
+from ledger.errors import ConsistencyTimeout, InvalidRequest, LogCorrupted
+from ledger.integrity import Integrity, ProvenLog
+from ledger.projection import Projection
+from ledger.services.validation import check_device, check_purpose, request_time
+from ledger.storage.subjects import SubjectStore
+
+
+class Checking:
+    def __init__(
+        self,
+        registry: Registry,
+        projection: Projection,
+        subjects: SubjectStore,
+        log: ProvenLog,
+        integrity: Integrity,
+        tombstone: Callable[[str], bytes],
+        consistency_wait_ms: int,
+    ) -> None:
+        self.registry = registry
+        self.projection = projection
+        self.subjects = subjects
+        self.log = log
+        self.integrity = integrity
+        self.tombstone = tombstone
+        self.consistency_wait = consistency_wait_ms / 1000
+
+    def check_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
+        for n, (device_id, purpose) in enumerate(pairs):
+            where = f"checks[{n}]: " if len(pairs) > 1 else ""
+            check_device(device_id, where)
+            check_purpose(self.registry, purpose, where)
+
+    async def decide(
+        self, pairs: Sequence[tuple[str, str]], consistency: str | None = None, at: str | None = None
+    ) -> list[Decision]:
+        self.check_pairs(pairs)
+        if at is not None:
+            return await self._decide_at(pairs, format_time(request_time(at, "at")))
+        if consistency is not None:
+            size = parse_consistency_token(consistency)
+            if not await self.projection.wait_for(size, self.consistency_wait):
+                raise ConsistencyTimeout(f"this replica has not applied log size {size} yet")
+        try:
+            bases = await self.projection.lookup(pairs)
+        except LogCorrupted as exc:
+            raise self.integrity.corrupted(exc, "state") from None
+        now = format_time(datetime.now(UTC))
+        purposes = self.registry.purposes
+        decisions = [decide(p, purposes[p], basis, now) for (_, p), basis in zip(pairs, bases, strict=True)]
+        metrics.count_decisions(decisions)
+        return decisions
+
+    async def _decide_at(self, pairs: Sequence[tuple[str, str]], at: str) -> list[Decision]:
+        """As of `at`, from the log itself: the entries recorded by then decide, each proven
+        against the signed tree first. An erased device is `erased` at any time: nothing links
+        it to its old entries any more."""
+        tree = await self.log.head()
+        stones = [self.tombstone(device_id) for device_id, _ in pairs]
+        histories = await self.subjects.pair_histories(pairs, stones, tree.checkpoint.size)
+        proven = await self.log.prove(tree, {i: d for h in histories for i, d in h.entries.items()})
+        decisions = []
+        for (_, purpose), history in zip(pairs, histories, strict=True):
+            spec = self.registry.purposes[purpose]
+            if history.erased:
+                decisions.append(decide(purpose, spec, ERASED, at))
+                continue
+            basis = deciding((proven[i].entry for i in history.entries), as_of=at)
+            decisions.append(decide(purpose, spec, basis, at))
+        metrics.count_decisions(decisions)
+        return decisions
+
+
+def parse_consistency_token(token: str) -> int:
+    try:
+        return consistency.parse_consistency_token(token)
+    except consistency.BadToken as exc:
+        raise InvalidRequest(f"consistency={exc}") from None
