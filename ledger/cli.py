@@ -13,7 +13,7 @@ from pathlib import Path
 from ledger import auth, embedded, keys, server
 from ledger.core.errors import LedgerError, VerificationError
 from ledger.core.note import Verifier
-from ledger.errors import ConfigError
+from ledger.errors import ConfigError, NameTaken
 from ledger.settings import Settings, load_registry, unknown_variables
 from ledger.storage import Stores, create_pool, migrations, open_stores
 
@@ -116,10 +116,8 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings) as url:
         try:
             asyncio.run(_with_store(url, create))
-        except LedgerError as exc:
-            if "api_tokens_active_name" in str(exc):
-                raise ConfigError(f"an active token named {args.name!r} exists; revoke it first") from None
-            raise
+        except NameTaken as exc:
+            raise ConfigError(str(exc)) from None
     print(f"created token {args.name!r} with scopes {', '.join(scopes)}; it is shown only once:")
     print(token)
     return 0

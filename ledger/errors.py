@@ -53,3 +53,7 @@ class ImpossibleState(LogCorrupted):
 
 class UnknownDevice(LedgerError):
     """An erase for a device that has no subject (never recorded, or already erased)."""
+
+
+class NameTaken(LedgerError):
+    """Something that must be unique by name (an active token) already exists."""

@@ -317,6 +317,9 @@ class LogStore:
     async def appending(self) -> AsyncIterator[AppendTransaction]:
         with translated():
             async with self.pool.acquire() as conn, conn.transaction():
+                # A receipt promises durability: whatever the server's default, this commit
+                # returns only once its WAL is flushed to disk.
+                await conn.execute("SET LOCAL synchronous_commit = on")
                 yield AppendTransaction(conn)
 
     @contextlib.asynccontextmanager

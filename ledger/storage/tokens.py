@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import asyncpg
 
+from ledger.errors import NameTaken
 from ledger.storage.database import translated
 from ledger.storage.notifications import TOKEN_CHANNEL
 
@@ -20,10 +21,19 @@ class TokenStore:
         self.pool = pool
 
     async def create_token(self, name: str, token_hash: bytes, scopes: Sequence[str]) -> None:
+        """Raise NameTaken if an active token already has this name."""
         with translated():
-            await self.pool.execute(
-                "INSERT INTO api_tokens (name, token_hash, scopes) VALUES ($1, $2, $3)", name, token_hash, list(scopes)
-            )
+            try:
+                await self.pool.execute(
+                    "INSERT INTO api_tokens (name, token_hash, scopes) VALUES ($1, $2, $3)",
+                    name,
+                    token_hash,
+                    list(scopes),
+                )
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name == "api_tokens_active_name":
+                    raise NameTaken(f"an active token named {name!r} exists; revoke it first") from None
+                raise
 
     async def ensure_token(self, name: str, token_hash: bytes, scopes: Sequence[str]) -> None:
         """Make `token_hash` the one active token called `name` (LEDGER_ADMIN_TOKEN's bootstrap)."""
