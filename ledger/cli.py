@@ -69,10 +69,10 @@ def database_label(settings: Settings) -> str:
     """Where the database is, for messages: host, port and database name, never the password."""
     if settings.database_url is None:
         return f"the embedded PostgreSQL in {settings.data_dir / 'postgres'}"
-    parts = urlsplit(settings.database_url)
-    if "," in parts.netloc:  # libpq's host list: leave it to the driver
-        return f"the database {parts.path.lstrip('/')!r} on {parts.netloc.rpartition('@')[2]}"
     try:
+        parts = urlsplit(settings.database_url)
+        if "," in parts.netloc:  # libpq's host list: leave it to the driver
+            return f"the database {parts.path.lstrip('/')!r} on {parts.netloc.rpartition('@')[2]}"
         host, port = parts.hostname, parts.port
     except ValueError as exc:
         raise ConfigError(f"LEDGER_DATABASE_URL: not a valid URL ({exc})") from None
@@ -183,8 +183,7 @@ def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings) as url:
         count = asyncio.run(_with_store(url, revoke))
     if not count:
-        print(f"no active token named {args.name!r}", file=sys.stderr)
-        return 1
+        return fail(f"no active token named {args.name!r}", 1)
     print(f"revoked token {args.name!r}")
     return 0
 
