@@ -46,7 +46,8 @@ def main(runs: int) -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit((Path(tmp) / "serve.log").read_text())
                 time.sleep(0.1)
-            times = []
+            times: list[float] = []
+            serving: list[float] = []
             for run in range(runs):
                 body = {"device_id": f"d{run}", "purpose": "telemetry", "action": "grant", "policy_version": 1}
                 assert httpx.post(f"{base}/v1/consents", json=body, headers=HEADERS).status_code == 201
@@ -60,22 +61,32 @@ def main(runs: int) -> None:
                         raise SystemExit("not ready within 60 s")
                     time.sleep(0.02)
                 times.append(time.monotonic() - killed)
+                # Ready, and answering checks: a projection that fell behind while the database
+                # recovered fails closed (503, Retry-After) until it has caught up.
                 for earlier in range(run + 1):
                     params = {"device_id": f"d{earlier}", "purpose": "telemetry"}
-                    answer = httpx.get(f"{base}/v1/check", params=params, headers=HEADERS)
+                    while (answer := httpx.get(f"{base}/v1/check", params=params, headers=HEADERS)).status_code == 503:
+                        time.sleep(0.02)
                     assert answer.status_code == 200, answer.text
                     assert answer.json()["allowed"] is True, f"grant d{earlier} was lost"
-                print(f"run {run + 1}: killed postmaster {pid}; ready again after {times[-1]:.2f} s", flush=True)
+                serving.append(time.monotonic() - killed)
+                print(
+                    f"run {run + 1}: killed postmaster {pid}; ready again after {times[-1]:.2f} s,"
+                    f" answering checks after {serving[-1]:.2f} s",
+                    flush=True,
+                )
                 time.sleep(1)
         finally:
             server.terminate()
             server.wait(60)
             if "-v" in sys.argv:
                 print((Path(tmp) / "serve.log").read_text())
-        print(
-            f"kill to ready over {runs} runs: min {min(times):.2f} s, median {statistics.median(times):.2f} s,"
-            f" max {max(times):.2f} s; no acknowledged grant lost"
-        )
+        for what, figures in (("/health/ready 200", times), ("checks answered", serving)):
+            print(
+                f"kill to {what} over {runs} runs: min {min(figures):.2f} s,"
+                f" median {statistics.median(figures):.2f} s, max {max(figures):.2f} s"
+            )
+        print("no acknowledged grant lost")
 
 
 if __name__ == "__main__":

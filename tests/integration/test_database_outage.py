@@ -122,8 +122,15 @@ def record(base: str, device: str) -> httpx.Response:
 
 
 def allowed(base: str, device: str) -> bool:
+    """The decision, once the service answers checks: a projection that fell behind while the
+    database recovered fails closed (503) until it has caught up, even when already "ready"."""
     params = {"device_id": device, "purpose": "telemetry"}
-    answer = httpx.get(f"{base}/v1/check", params=params, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    deadline = time.monotonic() + 30
+    while True:
+        answer = httpx.get(f"{base}/v1/check", params=params, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        if answer.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert answer.status_code == 200, answer.text
     return bool(answer.json()["allowed"])
 
