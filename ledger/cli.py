@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from ledger import auth, embedded, keys, metrics_dir, server
 from ledger.core.errors import LedgerError, VerificationError
@@ -76,7 +76,8 @@ def database_label(settings: Settings) -> str:
         host, port = parts.hostname, parts.port
     except ValueError as exc:
         raise ConfigError(f"LEDGER_DATABASE_URL: not a valid URL ({exc})") from None
-    return f"the database {parts.path.lstrip('/') or '(default)'!r} at {host or 'localhost'}:{port or 5432}"
+    host = host or parse_qs(parts.query).get("host", ["localhost"])[0]  # ?host=/run/postgresql: a socket
+    return f"the database {parts.path.lstrip('/') or '(default)'!r} at {host}:{port or 5432}"
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
