@@ -5,15 +5,17 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
+from urllib.parse import parse_qs, urlsplit
 
-from ledger import auth, embedded, keys, server
+from ledger import auth, embedded, keys, metrics_dir, server
 from ledger.core.errors import LedgerError, VerificationError
 from ledger.core.note import Verifier
-from ledger.errors import ConfigError, NameTaken
+from ledger.errors import ConfigError, NameTaken, StorageError
 from ledger.settings import Settings, load_registry, unknown_variables
 from ledger.storage import Stores, create_pool, migrations, open_stores
 
@@ -21,11 +23,20 @@ log = logging.getLogger("ledger")
 
 
 @contextlib.contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """The configured database, or the embedded one (shared with a running `ledger serve`)."""
+def database(settings: Settings, supervise: bool = False) -> Iterator[str]:
+    """The configured database, or the embedded one (shared with a running `ledger serve`);
+    with `supervise`, an embedded server that dies is started again until this exits."""
+    if settings.embedded:
+        ensure_data_dir(settings)
+    else:
+        database_label(settings)  # a URL that does not parse fails here, before any connection
     url, server = asyncio.run(embedded.resolve_database(settings))
     try:
-        yield url
+        if supervise and server is not None:
+            with embedded.Supervisor(server):
+                yield url
+        else:
+            yield url
     finally:
         if server is not None:
             server.cleanup()
@@ -40,12 +51,47 @@ async def _with_store(url: str, action):  # type: ignore[no-untyped-def]
         await store.pool.close()
 
 
+def ensure_data_dir(settings: Settings) -> None:
+    """Create the data directory and prove it writable, or say in one line why not."""
+    directory = settings.data_dir
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"LEDGER_DATA_DIR={directory}: not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"LEDGER_DATA_DIR={directory}: cannot create or write to it ({exc.strerror})") from None
+
+
+def database_label(settings: Settings) -> str:
+    """Where the database is, for messages: host, port and database name, never the password."""
+    if settings.database_url is None:
+        return f"the embedded PostgreSQL in {settings.data_dir / 'postgres'}"
+    try:
+        parts = urlsplit(settings.database_url)
+        if "," in parts.netloc:  # libpq's host list: leave it to the driver
+            return f"the database {parts.path.lstrip('/')!r} on {parts.netloc.rpartition('@')[2]}"
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ConfigError(f"LEDGER_DATABASE_URL: not a valid URL ({exc})") from None
+    host = host or parse_qs(parts.query).get("host", ["localhost"])[0]  # ?host=/run/postgresql: a socket
+    return f"the database {parts.path.lstrip('/') or '(default)'!r} at {host}:{port or 5432}"
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    # Refused before anything is started or logged: a busy port must not look like a server.
+    server.check_address(args.host, args.port)
+    ensure_data_dir(settings)
     # Before anything imports prometheus_client: it picks its storage from this at import time.
     prepare_metrics_dir(settings)
     embedded.handle_sigterm()
-    workers = args.workers or settings.workers
-    with database(settings) as url:
+    workers = args.workers if args.workers is not None else settings.workers
+    if settings.embedded:
+        # The postmaster becomes this process's child once pg_ctl exits, so that when it dies
+        # this process can reap it and start another (see embedded.Supervisor).
+        embedded.adopt_orphans()
+    with database(settings, supervise=True) as url:
         for name in asyncio.run(migrations.migrate(url)):
             log.info("applied migration %s", name)
         signer = keys.load_signer(settings)
@@ -54,6 +100,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # them starts its own embedded server or generates a key of its own.
         os.environ["LEDGER_DATABASE_URL"] = url
         os.environ["LEDGER_SIGNING_KEY"] = str(settings.signing_key_path)
+        server.check_address(args.host, args.port)  # taken while the database started?
         log.info("serving on http://%s:%d with %d worker(s)", args.host, args.port, workers)
         reload_registry = registry_snapshot(settings)
         reload_registry()
@@ -88,12 +135,16 @@ def registry_snapshot(settings: Settings) -> Callable[[], None]:
 
 
 def prepare_metrics_dir(settings: Settings) -> None:
-    """Workers share their metrics through files here; a fresh start must not count old workers."""
+    """This server's workers share their metrics through files in a directory of its own; other
+    servers on the same data directory keep theirs (see ledger.metrics_dir)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
-    directory = settings.data_dir / "metrics" / str(os.getpid())
-    shutil.rmtree(settings.data_dir / "metrics", ignore_errors=True)
-    directory.mkdir(parents=True)
+    try:
+        directory = metrics_dir.claim(settings.data_dir / "metrics")
+    except OSError as exc:
+        raise ConfigError(
+            f"LEDGER_DATA_DIR={settings.data_dir}: cannot create metrics files ({exc.strerror})"
+        ) from None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
@@ -130,8 +181,7 @@ def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     with database(settings) as url:
         count = asyncio.run(_with_store(url, revoke))
     if not count:
-        print(f"no active token named {args.name!r}", file=sys.stderr)
-        return 1
+        return fail(f"no active token named {args.name!r}", 1)
     print(f"revoked token {args.name!r}")
     return 0
 
@@ -177,8 +227,18 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def read_text(path: Path, what: str) -> str:
+    """A text file the user named, or one line saying why it cannot be read."""
+    try:
+        return path.read_bytes().decode()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path}: not UTF-8 text") from None
+
+
 def _verifier(key: str) -> Verifier:
-    text = Path(key).read_text().strip() if Path(key).is_file() else key
+    text = read_text(Path(key), "--key").strip() if Path(key).is_file() else key
     try:
         return Verifier.from_vkey(text)
     except LedgerError as exc:
@@ -200,7 +260,10 @@ def cmd_verify(args: argparse.Namespace, _: Settings) -> int:
     bundle = Path(args.bundle)
     verifier = _verifier(args.key)
     proofs = bundle / export.PROOFS
-    held = Path(args.previous_checkpoint).read_text() if args.previous_checkpoint else None
+    held = read_text(Path(args.previous_checkpoint), "--previous-checkpoint") if args.previous_checkpoint else None
+    if not bundle.is_dir():
+        print(f"FAILED: {bundle} is not a bundle directory", file=sys.stderr)
+        return 1
 
     def progress(done: int) -> None:
         if done % 100_000 == 0:
@@ -209,7 +272,7 @@ def cmd_verify(args: argparse.Namespace, _: Settings) -> int:
     try:
         report = verify_bundle(
             _lines(bundle / export.ENTRIES),
-            (bundle / export.CHECKPOINT).read_text(),
+            (bundle / export.CHECKPOINT).read_bytes().decode(),
             [verifier],
             _lines(proofs) if proofs.exists() else None,
             held,
@@ -218,7 +281,13 @@ def cmd_verify(args: argparse.Namespace, _: Settings) -> int:
     except FileNotFoundError as exc:
         print(f"FAILED: {exc.filename} is missing from the bundle", file=sys.stderr)
         return 1
-    except VerificationError as exc:
+    except OSError as exc:
+        print(f"FAILED: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except UnicodeDecodeError:
+        print(f"FAILED: {bundle / export.CHECKPOINT} is not UTF-8 text", file=sys.stderr)
+        return 1
+    except LedgerError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
     cp = report.checkpoint
@@ -236,14 +305,26 @@ def cmd_verify(args: argparse.Namespace, _: Settings) -> int:
 
 
 def cmd_verify_receipt(args: argparse.Namespace, _: Settings) -> int:
-    from ledger.core.verify import verify_receipt
+    """One receipt, or a person's export (or a history): every receipt in it."""
+    from ledger.core.verify import verify_receipts
 
+    verifier = _verifier(args.key)
+    path = Path(args.receipt)
     try:
-        entry = verify_receipt(Path(args.receipt).read_bytes(), [_verifier(args.key)])
-    except VerificationError as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the receipt ({exc.strerror})") from None
+    try:
+        found = verify_receipts(data, [verifier])
+    except (LedgerError, UnicodeError) as exc:
+        # LedgerError: VerificationError and whatever the decoding reports about a malformed
+        # receipt; UnicodeError: bytes that are not text at all.
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    print(f"OK: entry {entry.index} ({entry.action} {entry.purpose}, {entry.occurred_at}) is in the signed log")
+    for entry in found.entries:
+        print(f"OK: entry {entry.index} ({entry.action} {entry.purpose}, {entry.occurred_at}) is in the signed log")
+    if found.bound:
+        print(f"OK: the salt shows these {len(found.entries)} entries are those of device {found.device_id}")
     return 0
 
 
@@ -273,25 +354,53 @@ def cmd_verify_state(_: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake told in one line (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _bounded(what: str, low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not a {what} ({low} to {high})")
+        return value
+
+    return parse
+
+
+def _token_name(text: str) -> str:
+    if not text.strip() or not text.isprintable() or len(text) > 128:
+        raise argparse.ArgumentTypeError("a token name is 1 to 128 printable characters")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="ledger", description="Consent Ledger: a signed, append-only consent log.")
+    top = Parser(prog="ledger", description="Consent Ledger: a signed, append-only consent log.")
     commands = top.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, help="server processes (default LEDGER_WORKERS, else 1)")
+    serve.add_argument("--port", type=_bounded("port", 1, 65535), default=8080)
+    serve.add_argument(
+        "--workers", type=_bounded("worker count", 1, 256), help="server processes (default LEDGER_WORKERS, else 1)"
+    )
     serve.set_defaults(run=cmd_serve)
 
     commands.add_parser("migrate", help="apply pending migrations").set_defaults(run=cmd_migrate)
 
     token = commands.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
     create = token.add_parser("create", help="create a token; prints it as the last line")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", required=True, type=_token_name)
     create.add_argument("--scope", required=True, action="append", choices=auth.SCOPES)
     create.set_defaults(run=cmd_token_create)
     revoke = token.add_parser("revoke", help="revoke the active token with this name")
-    revoke.add_argument("name")
+    revoke.add_argument("name", type=_token_name)
     revoke.set_defaults(run=cmd_token_revoke)
 
     keygen = commands.add_parser("keygen", help="write a new Ed25519 signing key; prints its verifier key last")
@@ -325,17 +434,35 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every mistake ends in one line on stderr and a non-zero exit: 2 for a
+    wrong argument or setting, 1 for everything else (a database that cannot be reached, a file
+    that cannot be written, a bundle that does not verify), never in a traceback."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in unknown_variables(os.environ):
         print(f"ledger: warning: {name} is not a setting the ledger knows (a typo?)", file=sys.stderr)
     try:
         settings = Settings.from_env()
-        code: int = args.run(args, settings)
+        try:
+            code: int = args.run(args, settings)
+        except StorageError as exc:
+            if settings.embedded:
+                raise
+            raise StorageError(f"{database_label(settings)}: {exc}") from None
     except ConfigError as exc:
-        print(f"ledger: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
     except LedgerError as exc:
-        print(f"ledger: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc), 1)
+    except OSError as exc:
+        return fail(f"{exc.filename}: {exc.strerror}" if exc.filename else f"{type(exc).__name__}: {exc}", 1)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except Exception as exc:
+        # A bug, not bad input; still one line, saying so.
+        return fail(f"unexpected {type(exc).__name__}: {exc} (a bug: please report it)", 1)
+    return code
+
+
+def fail(message: str, code: int) -> int:
+    print(f"ledger: error: {message}", file=sys.stderr)
     return code

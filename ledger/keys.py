@@ -24,9 +24,11 @@ def write_key_file(path: Path, name: str) -> Signer:
 
 def read_key_file(path: Path, variable: str = "LEDGER_SIGNING_KEY") -> Signer:
     try:
-        return Signer.from_skey(path.read_text().strip())
+        return Signer.from_skey(path.read_bytes().decode().strip())
     except OSError as exc:
         raise ConfigError(f"{variable}={path}: cannot read key file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable}={path}: not a signing key (not UTF-8 text)") from None
     except NoteError as exc:
         raise ConfigError(f"{variable}={path}: not a signing key ({exc})") from None
 

@@ -4,12 +4,35 @@
 benchmarks/check.py (see README); the other stays available for that comparison.
 """
 
+import errno
+import socket
 import sys
 from collections.abc import Callable
 from typing import Literal
 
+from ledger.errors import ConfigError
+
 Server = Literal["granian", "uvicorn"]
 DEFAULT: Server = "granian"
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind the address once, in this process, and let go: the one way to learn before any
+    worker starts (granian logs "Listening" first and binds in the workers) that it is taken.
+    SO_REUSEADDR only lets it past connections of an earlier server still closing (TIME_WAIT)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host {host}: not an address to listen on ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"--port {port}: {host}:{port} is already in use (another server?)") from None
+            raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
 
 
 def run(

@@ -9,6 +9,15 @@ from ledger.errors import AppendOnlyViolation, StorageError
 
 Queryable = asyncpg.Connection | asyncpg.Pool | asyncpg.pool.PoolConnectionProxy
 
+# Everything asyncpg raises when the server or the connection to it fails. InternalClientError
+# (and its ProtocolError) is not an InterfaceError: after PostgreSQL was killed, one of these from
+# a pooled connection escaped as a 500. OSError covers ConnectionError and TimeoutError (the
+# connect timeout). CancelledError is not here: a cancelled request must stay cancelled.
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+# A server that does not answer at all (a dropped packet, not a refusal) fails a connection
+# attempt after this long, instead of asyncpg's default minute, while requests wait.
+CONNECT_TIMEOUT_SECONDS = 10
+
 
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
@@ -17,13 +26,13 @@ def translated() -> Iterator[None]:
         yield
     except asyncpg.InsufficientPrivilegeError as exc:
         raise AppendOnlyViolation(str(exc)) from exc
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except DRIVER_ERRORS as exc:
         raise StorageError(f"{type(exc).__name__}: {exc}") from exc
 
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     with translated():
-        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=CONNECT_TIMEOUT_SECONDS)
     assert pool is not None
     return pool
 
