@@ -111,6 +111,7 @@ async def test_a_withdrawal_arrives_signed_with_v1_and_v1a(client: httpx.AsyncCl
         "occurred_at": entry["occurred_at"],
         "recorded_at": entry["recorded_at"],
         "sequence": 2,
+        "consistency_token": withdrawn["consistency_token"],
     }
     assert payload["timestamp"] == entry["recorded_at"]
     assert granted.status_code == 201  # the grant was not sent: only consent.withdrawn is subscribed
