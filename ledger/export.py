@@ -18,7 +18,7 @@ import msgspec
 from ledger.core.proof import ManyProofs, inclusion_ranges
 from ledger.core.verify import ProofLine
 from ledger.errors import InvalidRequest, StorageError
-from ledger.storage.log import LogStore
+from ledger.services.stores import LogReads
 
 PAGE = 10_000
 ENTRIES, CHECKPOINT, KEYS, PROOFS = "entries.ndjson", "checkpoint", "keys", "proofs.ndjson"
@@ -45,7 +45,7 @@ class Plan(NamedTuple):
 
 
 async def plan(
-    log: LogStore,
+    log: LogReads,
     start: int | None = None,
     end: int | None = None,
     since: datetime | None = None,
@@ -68,14 +68,14 @@ async def plan(
     return Plan(first, last, head.size, head.note, keys)
 
 
-async def entry_lines(log: LogStore, p: Plan) -> AsyncIterator[bytes]:
+async def entry_lines(log: LogReads, p: Plan) -> AsyncIterator[bytes]:
     """entries.ndjson, a page at a time."""
     for page in range(p.start, p.end, PAGE):
         rows = await log.entries(page, min(page + PAGE, p.end))
         yield b"".join(row + b"\n" for row in rows)
 
 
-async def proof_lines(log: LogStore, p: Plan) -> AsyncIterator[bytes]:
+async def proof_lines(log: LogReads, p: Plan) -> AsyncIterator[bytes]:
     """proofs.ndjson, a page at a time, each page's nodes fetched in one query."""
     for page in range(p.start, min(p.end, p.tree_size), PAGE):
         indexes = range(page, min(page + PAGE, p.end))
@@ -105,7 +105,7 @@ def _text(lines: list[str]) -> bytes:
 ProgressFn = Callable[[str, int, int], None]
 
 
-async def write_directory(log: LogStore, p: Plan, out: Path, progress: ProgressFn | None = None) -> None:
+async def write_directory(log: LogReads, p: Plan, out: Path, progress: ProgressFn | None = None) -> None:
     """The bundle as files in `out` (created if missing)."""
     out.mkdir(parents=True, exist_ok=True)
 
@@ -127,7 +127,7 @@ async def write_directory(log: LogStore, p: Plan, out: Path, progress: ProgressF
     (out / KEYS).write_bytes(_text(p.keys))
 
 
-async def tar_stream(log: LogStore, p: Plan) -> AsyncIterator[bytes]:
+async def tar_stream(log: LogReads, p: Plan) -> AsyncIterator[bytes]:
     """The same bundle as an uncompressed tar, streamed; each file's size is known up front."""
     now = int(time.time())
 

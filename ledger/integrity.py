@@ -24,7 +24,7 @@ from ledger.core.note import Verifier
 from ledger.core.proof import InclusionVerifier, ManyProofs
 from ledger.core.rfc6962 import leaf_hash
 from ledger.errors import LogCorrupted, StorageError
-from ledger.storage.log import LogStore
+from ledger.services.stores import LogReads
 
 log = logging.getLogger("ledger.integrity")
 OPENED_NOTES = 256
@@ -68,7 +68,7 @@ class Proven(NamedTuple):
 
 
 class ProvenLog:
-    def __init__(self, log: LogStore, verifiers: list[Verifier], integrity: Integrity) -> None:
+    def __init__(self, log: LogReads, verifiers: list[Verifier], integrity: Integrity) -> None:
         self.store = log
         self.verifiers = verifiers
         self.integrity = integrity

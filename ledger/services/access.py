@@ -3,14 +3,15 @@
 import time
 
 from ledger import auth
-from ledger.storage.tokens import TokenRecord, TokenStore
+from ledger.services.stores import TokenReads
+from ledger.storage.tokens import TokenRecord
 
 TOKEN_CACHE_SECONDS = 5.0
 TOKEN_CACHE_LIMIT = 10_000
 
 
 class Access:
-    def __init__(self, tokens: TokenStore) -> None:
+    def __init__(self, tokens: TokenReads) -> None:
         self.tokens = tokens
         self._cache: dict[bytes, tuple[TokenRecord, float]] = {}
 

@@ -16,9 +16,9 @@ from ledger.errors import InvalidRequest, StorageError
 from ledger.integrity import ProvenLog
 from ledger.models import ConsentRecord, PersonalExport, Receipt
 from ledger.services.position import Position
+from ledger.services.stores import LogReads, SubjectReads
 from ledger.services.validation import check_device
-from ledger.storage.log import Head, LogStore
-from ledger.storage.subjects import SubjectStore
+from ledger.storage.log import Head
 
 ENTRIES_PAGE = 1000
 NodesFor = Callable[[int, int], list[NodeId]]
@@ -36,8 +36,8 @@ class Auditing:
     def __init__(
         self,
         registry: Registry,
-        log_store: LogStore,
-        subjects: SubjectStore,
+        log_store: LogReads,
+        subjects: SubjectReads,
         log: ProvenLog,
         active_keys: list[Verifier],
         position: Position,

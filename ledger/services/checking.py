@@ -11,8 +11,8 @@ from ledger.core.purposes import Registry
 from ledger.errors import ConsistencyTimeout, InvalidRequest, LogCorrupted
 from ledger.integrity import Integrity, ProvenLog
 from ledger.projection import Projection
+from ledger.services.stores import SubjectReads
 from ledger.services.validation import check_device, check_purpose, request_time
-from ledger.storage.subjects import SubjectStore
 
 
 class Checking:
@@ -20,7 +20,7 @@ class Checking:
         self,
         registry: Registry,
         projection: Projection,
-        subjects: SubjectStore,
+        subjects: SubjectReads,
         log: ProvenLog,
         integrity: Integrity,
         tombstone: Callable[[str], bytes],

@@ -13,8 +13,9 @@ from ledger.core.purposes import Registry
 from ledger.core.webhooks import DestinationRefused, check_destination, new_secret
 from ledger.errors import UnprocessableRequest
 from ledger.models import AttemptOut, DeliveryOut, SecretRotated, WebhookCreated, WebhookIn, WebhookOut
+from ledger.services.stores import Subscriptions
 from ledger.services.validation import unknown_purpose
-from ledger.storage.outbox import OutboxStore, SubscriptionRecord
+from ledger.storage.outbox import SubscriptionRecord
 from ledger.webhooks import Dispatcher
 
 # After a rotation the old secret keeps signing for this long, so receivers can switch over.
@@ -23,7 +24,7 @@ SECRET_OVERLAP = timedelta(hours=24)
 
 class WebhookAdmin:
     def __init__(
-        self, registry: Registry, outbox: OutboxStore, dispatcher: Dispatcher | None, allow_private: bool
+        self, registry: Registry, outbox: Subscriptions, dispatcher: Dispatcher | None, allow_private: bool
     ) -> None:
         self.registry = registry
         self.outbox = outbox
