@@ -61,8 +61,9 @@ def _consistency(_: Request[Any, Any, Any], exc: ConsistencyTimeout) -> Response
 
 
 def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    # Not Litestar's detail: it repeats the whole URL, query string (device_ids) included.
     errors = exc.extra if isinstance(exc.extra, list) else None
-    return problem(400, "invalid-request", exc.detail, errors=errors)
+    return problem(400, "invalid-request", "a parameter of the request does not validate", errors=errors)
 
 
 def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
