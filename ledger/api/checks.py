@@ -5,13 +5,13 @@ from typing import Annotated, Any
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import PathParameter, QueryParameter
 
 from ledger.api.deps import LedgerDep
 from ledger.api.guards import require
 from ledger.api.openapi import scope
 from ledger.api.strict import json_only
-from ledger.core.entry import whole
+from ledger.core.entry import DEVICE_ID_PATTERN, PURPOSE_PATTERN, whole
 from ledger.core.purposes import Registry, purpose_record, records_csv
 from ledger.models import (
     ChecksIn,
@@ -27,6 +27,11 @@ from ledger.models import (
 )
 
 MAX_CHECKS_BODY = 256 * 1024
+# Documented, not enforced by Litestar (which would answer 400): the service answers 422, as the
+# contract says, for a malformed device_id or an unknown purpose.
+DeviceQuery = Annotated[str, QueryParameter(schema_extra={"pattern": DEVICE_ID_PATTERN})]
+DevicePath = Annotated[str, PathParameter(schema_extra={"pattern": DEVICE_ID_PATTERN})]
+PurposeQuery = Annotated[str, QueryParameter(schema_extra={"pattern": PURPOSE_PATTERN})]
 # Opaque to callers; visible ASCII here, so the service's own parsing sees nothing stranger.
 Consistency = Annotated[
     str | None,
@@ -47,8 +52,8 @@ class ChecksController(Controller):
     async def check(
         self,
         ledger: LedgerDep,
-        device_id: FromQuery[str],
-        purpose: FromQuery[str],
+        device_id: DeviceQuery,
+        purpose: PurposeQuery,
         consistency: Consistency = None,
         at: At = None,
     ) -> DecisionOut:
@@ -78,7 +83,7 @@ class DevicesController(Controller):
     async def consents(
         self,
         ledger: LedgerDep,
-        device_id: FromPath[str],
+        device_id: DevicePath,
         consistency: Consistency = None,
         at: At = None,
     ) -> DeviceConsents:
@@ -88,7 +93,7 @@ class DevicesController(Controller):
         return DeviceConsents(device_id, {d.purpose: DecisionOut.of(device_id, d) for d in decisions})
 
     @get("/export", guards=[require("audit:read")], security=scope("audit:read"), opt={"problems": (404, 422)})
-    async def personal_export(self, ledger: LedgerDep, device_id: FromPath[str]) -> PersonalExport:
+    async def personal_export(self, ledger: LedgerDep, device_id: DevicePath) -> PersonalExport:
         """The person's own record: receipts, salt, and where each purpose stands."""
         record = await ledger.personal_export(device_id)
         if record is None:
@@ -96,12 +101,12 @@ class DevicesController(Controller):
         return record
 
     @post("/erase", guards=[require("admin")], security=scope("admin"), status_code=201, opt={"problems": (404, 422)})
-    async def erase(self, ledger: LedgerDep, device_id: FromPath[str]) -> Receipt:
+    async def erase(self, ledger: LedgerDep, device_id: DevicePath) -> Receipt:
         """Erasure by crypto-shredding: an erase entry, then the salt and device_id are deleted."""
         return await ledger.erase(device_id)
 
     @get("/history", guards=[require("audit:read")], security=scope("audit:read"), opt={"problems": (422,)})
-    async def history(self, ledger: LedgerDep, device_id: FromPath[str]) -> DeviceHistory:
+    async def history(self, ledger: LedgerDep, device_id: DevicePath) -> DeviceHistory:
         """Every receipt of the device, oldest first."""
         return DeviceHistory(device_id, await ledger.history(device_id))
 

@@ -4,7 +4,7 @@ What a lenient parser quietly decides (the last of two `device_id`s, `start=null
 "absent", `1.0` read as 1, a form-encoded or text/plain body read as JSON) is a second meaning
 that a proxy, an audit log or the caller may not share. Each rule here refuses the ambiguity:
 - a query parameter given twice: 400 (no endpoint takes a list in its query);
-- an integer query parameter that is not plain decimal digits: 400;
+- an integer query parameter that is not plain decimal digits up to 2^63 - 1: 400;
 - a JSON endpoint's body without `Content-Type: application/json` (parameters allowed, a
   charset only if UTF-8): 415, after authentication, so a caller without a token learns nothing;
 - OPTIONS answers 204 with every method of the path in `Allow`, without a token (it names only
@@ -28,6 +28,7 @@ from ledger.api.problems import PROBLEM_JSON, TYPE_BASE, Problem
 
 JSON = "application/json"
 DIGITS = re.compile(r"[0-9]{1,19}")
+MAX_INTEGER = 2**63 - 1  # PostgreSQL's bigint
 
 
 class UnsupportedMediaType(HTTPException):
@@ -105,8 +106,8 @@ class StrictRequests:
         if key not in self._integers:
             self._integers[key] = integer_query_parameters(handler)
         for name, value in params:
-            if name in self._integers[key] and not DIGITS.fullmatch(value):
-                return f"the query parameter {name!r} must be a non-negative integer in decimal digits"
+            if name in self._integers[key] and not (DIGITS.fullmatch(value) and int(value) <= MAX_INTEGER):
+                return f"the query parameter {name!r} must be an integer from 0 to {MAX_INTEGER} in decimal digits"
         return None
 
     async def _options(self, scope: Any, send: Any) -> None:
