@@ -28,6 +28,11 @@ from ledger.api.problems import PROBLEM_JSON, Problem
 
 BEARER = "bearerToken"
 REF = "#/components/schemas/{name}"
+CONSISTENCY_TOKEN = {
+    "description": "Opaque; pass it as `consistency=` to read what this replica had applied when it answered.",
+    "required": True,
+    "schema": {"type": "string"},
+}
 WHY = {
     400: "The request is malformed: a query parameter repeated or not of its type, a body that is not JSON "
     "or names a key twice.",
@@ -124,6 +129,8 @@ def _finish_operation(operation: dict[str, Any], path: str, opt: dict[str, Any],
             "description": WHY[status],
             "content": {PROBLEM_JSON: {"schema": {"$ref": REF.format(name="Problem")}}},
         }
+    for answer in responses.values():
+        answer.setdefault("headers", {})["Consistency-Token"] = CONSISTENCY_TOKEN
     for media_type, schema in opt.get("also", {}).items():
         success = min(code for code in responses if code.startswith("2"))
         responses[success].setdefault("content", {})[media_type] = {"schema": schema}

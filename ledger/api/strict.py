@@ -19,9 +19,11 @@ from urllib.parse import parse_qsl
 
 import msgspec
 from litestar.connection import ASGIConnection
+from litestar.enums import ParamType
 from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.handlers.http_handlers import HTTPRouteHandler
+from litestar.params import ParameterKwarg
 from litestar.routes import HTTPRoute
 
 from ledger.api.problems import PROBLEM_JSON, TYPE_BASE, Problem
@@ -55,19 +57,18 @@ def is_json(content_type: str) -> bool:
 
 def integer_query_parameters(handler: HTTPRouteHandler) -> frozenset[str]:
     """The query names of a handler's integer parameters, from its signature."""
-    path = set(handler.paths and _path_names(handler))
     names = set()
     for name, field in handler.parsed_fn_signature.parameters.items():
         types = field.inner_types if field.is_union else (field,)
-        if not any(t.annotation is int for t in types) or name in path:
+        if not any(t.annotation is int for t in types):
             continue
-        alias = getattr(field.kwarg_definition, "name", None)
-        names.add(alias or name)
+        kwarg = field.kwarg_definition
+        if isinstance(kwarg, ParameterKwarg):
+            if kwarg.param_type is not ParamType.QUERY:
+                continue
+            name = kwarg.name or name
+        names.add(name)
     return frozenset(names)
-
-
-def _path_names(handler: HTTPRouteHandler) -> set[str]:
-    return {m for path in handler.paths for m in re.findall(r"{(\w+)(?::\w+)?}", path)}
 
 
 class StrictRequests:

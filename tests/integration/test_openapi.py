@@ -131,7 +131,7 @@ def test_schemathesis_finds_no_server_error_and_nothing_the_document_does_not_de
         *(sys.executable, "-m", "schemathesis.cli", "run", f"{base_url}/schema/openapi.json"),
         *("--header", f"Authorization: Bearer {tokens['admin']}"),
         *("--checks", ",".join(checks)),
-        *("--max-examples", "10", "--workers", "1", "--seed", "20261129", "--no-shrink"),
+        *("--max-examples", "25", "--workers", "1", "--seed", "20261129", "--no-shrink"),
         *("--request-timeout", "10", "--output-truncate", "false"),
     ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
