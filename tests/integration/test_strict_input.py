@@ -17,7 +17,8 @@ import httpx
 import msgspec
 import pytest
 
-from ledger.core.entry import format_time
+from ledger.core.entry import Entry, entry_bytes, format_time, parse_entry
+from ledger.core.errors import EntryError
 from ledger.models import IdempotencyKey
 
 from .conftest import bearer
@@ -117,6 +118,33 @@ async def test_every_pattern_checked_field_refuses_a_trailing_newline(client: ht
 
     assert await log_size(client) == size
     assert (await client.get("/v1/check", params={"device_id": "dev-1", "purpose": "telemetry"})).json()["allowed"]
+
+
+def test_log_entry_fields_refuse_a_trailing_newline() -> None:
+    """The patterns of the log entry itself (what `ledger verify` and `verify-receipt` parse): the
+    canonical re-encoding alone would not catch a trailing newline, which JSON escapes the same way."""
+    now = format_time(datetime.now(UTC))
+    entry = Entry(
+        v=1,
+        id="8b5b1f0e-1111-4222-8333-444444444444",
+        index=0,
+        subject="ab" * 32,
+        purpose="telemetry",
+        action="grant",
+        policy_version=1,
+        occurred_at=now,
+        recorded_at=now,
+        actor="user",
+        method="api",
+        evidence={},
+        expires_at=now,
+    )
+    assert parse_entry(entry_bytes(entry)) == entry
+    for field in ("id", "subject", "purpose", "occurred_at", "recorded_at", "expires_at"):
+        fields = msgspec.to_builtins(entry)
+        fields[field] += "\n"
+        with pytest.raises(EntryError):
+            parse_entry(msgspec.json.encode(dict(sorted(fields.items()))))
 
 
 async def test_duplicate_json_keys_are_refused_on_every_json_endpoint(client: httpx.AsyncClient) -> None:
