@@ -25,6 +25,7 @@ from litestar.routes import HTTPRoute
 
 from ledger import __version__
 from ledger.api.problems import PROBLEM_JSON, Problem
+from ledger.api.strict import MAX_INTEGER
 
 BEARER = "bearerToken"
 REF = "#/components/schemas/{name}"
@@ -103,6 +104,8 @@ def finish(document: dict[str, Any], app: Litestar) -> dict[str, Any]:
 
 
 def _finish_operation(operation: dict[str, Any], path: str, opt: dict[str, Any], components: dict[str, Any]) -> None:
+    for parameter in operation.get("parameters", []):
+        parameter["schema"] = _parameter_schema(parameter["schema"])
     problems = {400, *opt.get("problems", ())}
     body = opt.get("body")
     if body is not None:
@@ -134,6 +137,19 @@ def _finish_operation(operation: dict[str, Any], path: str, opt: dict[str, Any],
     for media_type, schema in opt.get("also", {}).items():
         success = min(code for code in responses if code.startswith("2"))
         responses[success].setdefault("content", {})[media_type] = {"schema": schema}
+
+
+def _parameter_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter is given or absent, never null (`start=null` is 400), and an integer one is what
+    StrictRequests takes: decimal digits from 0 to 2^63 - 1 (Litestar writes that bound as a float,
+    which rounds it up to 2^63)."""
+    members = schema.get("oneOf", [])
+    given = [m for m in members if m != {"type": "null"}]
+    if len(members) == 2 and len(given) == 1:
+        schema = {**{k: v for k, v in schema.items() if k != "oneOf"}, **given[0]}
+    if schema.get("type") == "integer":
+        schema.update(minimum=0, maximum=MAX_INTEGER)
+    return schema
 
 
 def _add_schemas(components: dict[str, Any], models: list[Any]) -> None:
