@@ -12,12 +12,12 @@ from ledger.core.errors import EntryError
 
 
 def whole(expression: str) -> str:
-    """A pattern that matches the whole value, the same in Python and in JSON Schema.
+    r"""A pattern that matches the whole value, the same in Python and in JSON Schema.
 
     msgspec checks patterns with Python's `re.search`, where `$` also matches before a final
-    newline, so `^x$` alone lets "x\\n" through; `\\Z` would fix Python but is not ECMA-262 (what
-    OpenAPI tools read). `(?!\\n)$` means "at the very end" in both. Digits are spelled [0-9]:
-    Python's \\d also matches other scripts' digits.
+    newline, so `^x$` alone lets "x\n" through; `\Z` would fix Python but is not ECMA-262 (what
+    OpenAPI tools read). `(?!\n)$` means "at the very end" in both. Digits are spelled [0-9]:
+    Python's \d also matches other scripts' digits.
     """
     return f"^(?:{expression})(?!\\n)$"
 
