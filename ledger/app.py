@@ -11,12 +11,14 @@ from litestar.di import Provide
 from litestar.types import Message, Scope
 
 from ledger import embedded, keys, metrics
+from ledger.api import openapi
 from ledger.api.checks import ChecksController, DevicesController, PurposesController
 from ledger.api.consents import ConsentsController
 from ledger.api.fast_check import FastCheck
 from ledger.api.health import HealthController, prometheus
 from ledger.api.log import ExportController, KeysController, LogController
 from ledger.api.problems import EXCEPTION_HANDLERS
+from ledger.api.strict import StrictRequests
 from ledger.api.webhooks import WebhooksController
 from ledger.composition import Services
 from ledger.settings import Settings
@@ -60,7 +62,7 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
             MutableScopeHeaders.from_message(message)[CONSISTENCY_TOKEN] = ledger.consistency_token()
 
     app = Litestar(
-        middleware=[metrics.RequestTimer],
+        middleware=[metrics.RequestTimer, StrictRequests],
         route_handlers=[
             HealthController,
             prometheus,
@@ -77,7 +79,7 @@ def create_litestar(settings: Settings | None = None) -> Litestar:
         dependencies={"ledger": Provide(ledger_of, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_consistency_token],
-        openapi_config=None,
+        openapi_config=openapi.config(),
         debug=os.environ.get("LEDGER_DEBUG") == "1",
     )
     app.state.settings = settings

@@ -151,9 +151,15 @@ def prepare_metrics_dir(settings: Settings) -> None:
 def cmd_migrate(_: argparse.Namespace, settings: Settings) -> int:
     with database(settings) as url:
         applied = asyncio.run(migrations.migrate(url))
+        invalid = asyncio.run(migrations.count_invalid_device_ids(url))
     for name in applied:
         print(f"applied {name}")
     print(f"{len(applied)} migration(s) applied; the schema is current")
+    if invalid:
+        print(
+            f"{invalid} device(s) stored with a device_id the API no longer accepts (a trailing newline); "
+            "they cannot be checked or erased by device_id: see README, 'Erasing a device_id the API refuses'"
+        )
     return 0
 
 

@@ -1,17 +1,22 @@
 """What the API takes and returns, as msgspec Structs with typed, bounded fields."""
 
-from typing import Annotated, Literal, TypeVar
+import json
+from collections import Counter
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
 from ledger.core.decision import Decision
-from ledger.core.entry import Actor, DeviceId, Entry, Evidence, Method, PolicyVersion, PurposeKey
+from ledger.core.entry import Actor, DeviceId, Entry, Evidence, Method, PolicyVersion, PurposeKey, whole
 from ledger.core.purposes import PurposeRecord
 from ledger.errors import InvalidRequest, UnprocessableRequest
 
 T = TypeVar("T")
 MAX_BATCH_CHECKS = 1000
-IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+IDEMPOTENCY_KEY_PATTERN = whole(r"[\x21-\x7e]{1,128}")
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN)]
+# Given means given: "" is a malformed time (422), not an absent one.
+TimeText = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 class ConsentIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -19,8 +24,8 @@ class ConsentIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     purpose: PurposeKey
     action: Literal["grant", "withdraw"]
     policy_version: PolicyVersion
-    occurred_at: str | None = None
-    expires_at: str | None = None
+    occurred_at: TimeText | None = None
+    expires_at: TimeText | None = None
     actor: Actor = "user"
     method: Method = "api"
     evidence: Evidence = msgspec.field(default_factory=dict)
@@ -75,8 +80,39 @@ class DeviceHistory(msgspec.Struct, frozen=True):
     entries: list[Receipt]
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        repeated = next(key for key, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise _DuplicateKey(repeated[:64])
+    return found
+
+
+def refuse_duplicate_keys(body: bytes) -> None:
+    """400 if any JSON object in the body names a key twice.
+
+    msgspec (like most parsers) keeps the last of duplicate keys, so `"action":"grant",
+    "action":"withdraw"` would be recorded as a withdrawal while a proxy or log reader that keeps
+    the first sees a grant. The standard library's parser hands each object's pairs over before
+    building it; a dict of them is shorter exactly when a key repeats. What it cannot parse is
+    left to msgspec, which answers for malformed JSON.
+    """
+    try:
+        json.loads(body, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as exc:
+        raise InvalidRequest(f"the body names the key {exc.args[0]!r} more than once") from None
+    except (ValueError, RecursionError):
+        return
+
+
 def decode_body(decoder: "msgspec.json.Decoder[T]", body: bytes) -> T:
-    """Decode a request body: 400 if it is not JSON, 422 if it is JSON the ledger cannot take."""
+    """Decode a request body: 400 if it is not JSON or repeats a key, 422 if it is JSON the
+    ledger cannot take."""
+    refuse_duplicate_keys(body)
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:

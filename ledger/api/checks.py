@@ -1,15 +1,20 @@
 """Answering "is this allowed now?": checks, a device's consents and history, the registry."""
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, FromQuery
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import PathParameter, QueryParameter
 
 from ledger.api.deps import LedgerDep
 from ledger.api.guards import require
+from ledger.api.openapi import scope
+from ledger.api.strict import json_only
+from ledger.core.entry import DEVICE_ID_PATTERN, PURPOSE_PATTERN, whole
 from ledger.core.purposes import Registry, purpose_record, records_csv
 from ledger.models import (
+    ChecksIn,
     ChecksOut,
     DecisionOut,
     DeviceConsents,
@@ -22,32 +27,49 @@ from ledger.models import (
 )
 
 MAX_CHECKS_BODY = 256 * 1024
+# Documented, not enforced by Litestar (which would answer 400): the service answers 422, as the
+# contract says, for a malformed device_id or an unknown purpose.
+DeviceQuery = Annotated[str, QueryParameter(schema_extra={"pattern": DEVICE_ID_PATTERN})]
+DevicePath = Annotated[str, PathParameter(schema_extra={"pattern": DEVICE_ID_PATTERN})]
+PurposeQuery = Annotated[str, QueryParameter(schema_extra={"pattern": PURPOSE_PATTERN})]
+# Opaque to callers; visible ASCII here, so the service's own parsing sees nothing stranger.
+Consistency = Annotated[
+    str | None,
+    QueryParameter(
+        pattern=whole(r"[\x21-\x7e]{1,64}"),
+        description="A Consistency-Token: answer only after this replica applied everything it covers.",
+    ),
+]
+At = Annotated[str | None, QueryParameter(description="An RFC 3339 time: answer as of then, from the log.")]
 
 
 class ChecksController(Controller):
     path = "/v1/check"
     guards = [require("consent:check")]  # noqa: RUF012 (litestar's layer attribute)
+    security = scope("consent:check")
 
-    @get("/")
+    @get("/", opt={"problems": (422,)})
     async def check(
         self,
         ledger: LedgerDep,
-        device_id: FromQuery[str],
-        purpose: FromQuery[str],
-        consistency: FromQuery[str | None] = None,
-        at: FromQuery[str | None] = None,
+        device_id: DeviceQuery,
+        purpose: PurposeQuery,
+        consistency: Consistency = None,
+        at: At = None,
     ) -> DecisionOut:
+        """Whether processing is allowed now (or at `at`), and the entry that decided."""
         [decision] = await ledger.checking.decide([(device_id, purpose)], consistency, at)
         return DecisionOut.of(device_id, decision)
 
-    @post("/", status_code=200, request_max_body_size=MAX_CHECKS_BODY)
+    @post("/", status_code=200, request_max_body_size=MAX_CHECKS_BODY, guards=[json_only], opt={"body": ChecksIn})
     async def check_many(
         self,
         request: Request[Any, Any, Any],
         ledger: LedgerDep,
-        consistency: FromQuery[str | None] = None,
-        at: FromQuery[str | None] = None,
+        consistency: Consistency = None,
+        at: At = None,
     ) -> ChecksOut:
+        """Up to 1,000 checks at once; the decisions in the order asked."""
         body = decode_body(checks_decoder, await request.body())
         pairs = [(c.device_id, c.purpose) for c in body.checks]
         decisions = await ledger.checking.decide(pairs, consistency, at)
@@ -57,42 +79,53 @@ class ChecksController(Controller):
 class DevicesController(Controller):
     path = "/v1/devices/{device_id:str}"
 
-    @get("/consents", guards=[require("consent:check")])
+    @get("/consents", guards=[require("consent:check")], security=scope("consent:check"), opt={"problems": (422,)})
     async def consents(
         self,
         ledger: LedgerDep,
-        device_id: FromPath[str],
-        consistency: FromQuery[str | None] = None,
-        at: FromQuery[str | None] = None,
+        device_id: DevicePath,
+        consistency: Consistency = None,
+        at: At = None,
     ) -> DeviceConsents:
+        """The device's decision for every purpose of the registry."""
         purposes = list(ledger.registry.purposes)
         decisions = await ledger.checking.decide([(device_id, p) for p in purposes], consistency, at)
         return DeviceConsents(device_id, {d.purpose: DecisionOut.of(device_id, d) for d in decisions})
 
-    @get("/export", guards=[require("audit:read")])
-    async def personal_export(self, ledger: LedgerDep, device_id: FromPath[str]) -> PersonalExport:
+    @get("/export", guards=[require("audit:read")], security=scope("audit:read"), opt={"problems": (404, 422)})
+    async def personal_export(self, ledger: LedgerDep, device_id: DevicePath) -> PersonalExport:
+        """The person's own record: receipts, salt, and where each purpose stands."""
         record = await ledger.auditing.personal_export(device_id)
         if record is None:
             raise NotFoundException("the ledger holds no record for this device")
         return record
 
-    @post("/erase", guards=[require("admin")], status_code=201)
-    async def erase(self, ledger: LedgerDep, device_id: FromPath[str]) -> Receipt:
+    @post("/erase", guards=[require("admin")], security=scope("admin"), status_code=201, opt={"problems": (404, 422)})
+    async def erase(self, ledger: LedgerDep, device_id: DevicePath) -> Receipt:
+        """Erasure by crypto-shredding: an erase entry, then the salt and device_id are deleted."""
         return await ledger.erasure.erase(device_id)
 
-    @get("/history", guards=[require("audit:read")])
-    async def history(self, ledger: LedgerDep, device_id: FromPath[str]) -> DeviceHistory:
+    @get("/history", guards=[require("audit:read")], security=scope("audit:read"), opt={"problems": (422,)})
+    async def history(self, ledger: LedgerDep, device_id: DevicePath) -> DeviceHistory:
+        """Every receipt of the device, oldest first."""
         return DeviceHistory(device_id, await ledger.auditing.history(device_id))
 
 
 class PurposesController(Controller):
     path = "/v1/purposes"
 
-    @get("/", guards=[require("consent:check")])
+    @get("/", guards=[require("consent:check")], security=scope("consent:check"))
     async def purposes(self, ledger: LedgerDep) -> Registry:
+        """The purpose registry in force."""
         return ledger.registry
 
-    @get("/record", guards=[require("consent:check")])
+    @get(
+        "/record",
+        guards=[require("consent:check")],
+        security=scope("consent:check"),
+        responses={200: ResponseSpec(RecordOfProcessing, description="JSON, or CSV with Accept: text/csv")},
+        opt={"also": {"text/csv": {"type": "string"}}},
+    )
     async def record(self, request: Request[Any, Any, Any], ledger: LedgerDep) -> Response[Any]:
         """The registry as a record of processing: JSON, or CSV when the client asks for it."""
         records = [purpose_record(k, p, ledger.registry.controller) for k, p in ledger.registry.purposes.items()]

@@ -2,6 +2,7 @@
 
 import msgspec
 from litestar import Controller, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 
 from ledger import metrics
 from ledger.api.deps import LedgerDep
@@ -18,7 +19,7 @@ class HealthController(Controller):
     def live(self) -> Health:
         return Health("ok")
 
-    @get("/ready")
+    @get("/ready", responses={503: ResponseSpec(Health, description="Not ready: the database is unreachable")})
     async def ready(self, ledger: LedgerDep) -> Response[Health]:
         if await ledger.ready():
             return Response(Health("ready"))

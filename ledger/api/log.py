@@ -10,10 +10,13 @@ from litestar.response import Response, Stream
 
 from ledger.api.deps import LedgerDep
 from ledger.api.guards import require
+from ledger.api.openapi import scope
 from ledger.core.entry import parse_time
 from ledger.errors import UnprocessableRequest
 
-NonNegative = Annotated[int, QueryParameter(ge=0)]
+# Decimal digits only (StrictRequests refuses `null`, `1.0` and the like before msgspec's lax
+# conversion could read them as absent or as 1), up to PostgreSQL's bigint.
+NonNegative = Annotated[int, QueryParameter(ge=0, le=2**63 - 1)]
 
 
 class KeyOut(msgspec.Struct):
@@ -45,6 +48,7 @@ class KeysController(Controller):
 
     @get("/")
     async def keys(self, ledger: LedgerDep) -> KeysOut:
+        """Every key that ever signed a checkpoint (and the webhook key), public."""
         return KeysOut(
             [KeyOut(k.key_name, k.key_id, k.vkey, "ed25519", k.active) for k in await ledger.auditing.keys()]
         )
@@ -55,12 +59,12 @@ class LogController(Controller):
 
     @get("/checkpoint", media_type="text/plain")
     async def checkpoint(self, ledger: LedgerDep) -> Response[str]:
+        """The latest signed checkpoint (a C2SP signed note), public."""
         return Response(await ledger.auditing.checkpoint(), headers={"Cache-Control": "no-store"})
 
-    @get("/entries", guards=[require("audit:read")])
-    async def entries(
-        self, ledger: LedgerDep, start: NonNegative = 0, end: Annotated[int | None, QueryParameter(ge=0)] = None
-    ) -> Stream:
+    @get("/entries", guards=[require("audit:read")], security=scope("audit:read"), media_type="application/x-ndjson")
+    async def entries(self, ledger: LedgerDep, start: NonNegative = 0, end: NonNegative | None = None) -> Stream:
+        """Entries start <= index < end as NDJSON, each line exactly the entry bytes."""
         first, last, lines = await ledger.auditing.entries(start, end)
         return Stream(
             lines,
@@ -68,18 +72,20 @@ class LogController(Controller):
             headers={"Ledger-Entries-Start": str(first), "Ledger-Entries-End": str(last)},
         )
 
-    @get("/proof/inclusion", guards=[require("audit:read")])
+    @get("/proof/inclusion", guards=[require("audit:read")], security=scope("audit:read"))
     async def inclusion(self, ledger: LedgerDep, index: NonNegative, tree_size: NonNegative) -> InclusionOut:
+        """An RFC 9162 inclusion proof of the entry at index in the tree of tree_size."""
         proof = await ledger.auditing.inclusion(index, tree_size)
         return InclusionOut(index, tree_size, [h.hex() for h in proof])
 
-    @get("/proof/consistency", guards=[require("audit:read")])
+    @get("/proof/consistency", guards=[require("audit:read")], security=scope("audit:read"))
     async def consistency(
         self,
         ledger: LedgerDep,
-        size1: Annotated[int, QueryParameter(name="from", ge=0)],
-        size2: Annotated[int, QueryParameter(name="to", ge=0)],
+        size1: Annotated[int, QueryParameter(name="from", ge=0, le=2**63 - 1)],
+        size2: Annotated[int, QueryParameter(name="to", ge=0, le=2**63 - 1)],
     ) -> ConsistencyOut:
+        """An RFC 9162 consistency proof between the trees of sizes from and to."""
         proof = await ledger.auditing.consistency(size1, size2)
         return ConsistencyOut(size1, size2, [h.hex() for h in proof])
 
@@ -87,15 +93,22 @@ class LogController(Controller):
 class ExportController(Controller):
     path = "/v1/export"
 
-    @get("/", guards=[require("audit:read")])
+    @get(
+        "/",
+        guards=[require("audit:read")],
+        security=scope("audit:read"),
+        media_type="application/x-tar",
+        opt={"problems": (422,)},
+    )
     async def export(
         self,
         ledger: LedgerDep,
-        start: Annotated[int | None, QueryParameter(ge=0)] = None,
-        end: Annotated[int | None, QueryParameter(ge=0)] = None,
+        start: NonNegative | None = None,
+        end: NonNegative | None = None,
         since: FromQuery[str | None] = None,
         until: FromQuery[str | None] = None,
     ) -> Stream:
+        """The export bundle (entries, checkpoint, keys, proofs when filtered) as a tar stream."""
         plan = await ledger.auditing.export_plan(start, end, _time(since, "since"), _time(until, "until"))
         name = f"consent-ledger-export-{plan.start}-{plan.end}-of-{plan.tree_size}.tar"
         return Stream(

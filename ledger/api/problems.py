@@ -1,6 +1,7 @@
 """RFC 9457 problem details: every error the API returns, shaped in one place."""
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -68,8 +69,18 @@ def _consistency(_: Request[Any, Any, Any], exc: ConsistencyTimeout) -> Response
 
 
 def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    # Litestar's detail may repeat the whole URL: the query string (device_ids) stays out of it.
     errors = exc.extra if isinstance(exc.extra, list) else None
-    return problem(400, "invalid-request", exc.detail, errors=errors)
+    detail = re.sub(r"\?\S*", "", exc.detail)
+    names = [_parameter(e) for e in errors or [] if isinstance(e, dict)]
+    if names:
+        detail = f"{detail}: {', '.join(names)}"
+    return problem(400, "invalid-request", detail, errors=errors)
+
+
+def _parameter(error: dict[str, Any]) -> str:
+    source = error.get("source")
+    return f"{getattr(source, 'value', source) or ''} parameter {error.get('key')!r}".strip()
 
 
 def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

@@ -10,16 +10,28 @@ import msgspec
 
 from ledger.core.errors import EntryError
 
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
-PURPOSE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
-TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$"
+
+def whole(expression: str) -> str:
+    r"""A pattern that matches the whole value, the same in Python and in JSON Schema.
+
+    msgspec checks patterns with Python's `re.search`, where `$` also matches before a final
+    newline, so `^x$` alone lets "x\n" through; `\Z` would fix Python but is not ECMA-262 (what
+    OpenAPI tools read). `(?!\n)$` means "at the very end" in both. Digits are spelled [0-9]:
+    Python's \d also matches other scripts' digits.
+    """
+    return f"^(?:{expression})(?!\\n)$"
+
+
+DEVICE_ID_PATTERN = whole(r"[A-Za-z0-9._:-]{1,128}")
+PURPOSE_PATTERN = whole(r"[a-z][a-z0-9_]{0,63}")
+TIMESTAMP_PATTERN = whole(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 
 DeviceId = Annotated[str, msgspec.Meta(pattern=DEVICE_ID_PATTERN)]
 PurposeKey = Annotated[str, msgspec.Meta(pattern=PURPOSE_PATTERN)]
 # Fixed width and always UTC, so comparing two of these as strings compares the instants.
 Timestamp = Annotated[str, msgspec.Meta(pattern=TIMESTAMP_PATTERN)]
-Subject = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
-EntryId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+Subject = Annotated[str, msgspec.Meta(pattern=whole(r"[0-9a-f]{64}"))]
+EntryId = Annotated[str, msgspec.Meta(pattern=whole(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"))]
 PolicyVersion = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 EvidenceKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 EvidenceValue = Annotated[str, msgspec.Meta(max_length=256)]
@@ -28,7 +40,7 @@ Evidence = Annotated[dict[EvidenceKey, EvidenceValue], msgspec.Meta(max_length=1
 Action = Literal["grant", "withdraw", "erase"]
 # An erase entry covers every purpose of its subject.
 ALL_PURPOSES = "*"
-EntryPurpose = Annotated[str, msgspec.Meta(pattern=r"^(\*|[a-z][a-z0-9_]{0,63})$")]
+EntryPurpose = Annotated[str, msgspec.Meta(pattern=whole(r"\*|[a-z][a-z0-9_]{0,63}"))]
 Actor = Literal["user", "guardian", "operator"]
 Method = Literal["explicit_popup", "settings", "gpc", "support_request", "api"]
 

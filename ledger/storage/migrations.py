@@ -12,12 +12,13 @@ from typing import NamedTuple
 
 import asyncpg
 
+from ledger.core.entry import DEVICE_ID_PATTERN
 from ledger.errors import MigrationError
 from ledger.storage.database import translated
 
 # An arbitrary constant that names "the ledger's migration lock" among advisory locks.
 LOCK_KEY = 0x4C454447_00000001
-FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+FILE_NAME = re.compile(r"([0-9]{4})_([a-z0-9_]+)\.sql")
 
 
 class Migration(NamedTuple):
@@ -41,7 +42,7 @@ def default_directory() -> Path:
 def discover(directory: Path) -> list[Migration]:
     migrations = []
     for path in sorted(directory.glob("*.sql")):
-        match = FILE_NAME.match(path.name)
+        match = FILE_NAME.fullmatch(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
         migrations.append(Migration(int(match[1]), match[2], path.read_text()))
@@ -86,3 +87,21 @@ async def migrate(url: str, directory: Path | None = None) -> list[str]:
         finally:
             await conn.close()
     return applied_now
+
+
+# PostgreSQL's `$` matches only at the very end (its regexes are not newline-sensitive by
+# default), and it reads the lookahead the same way: the API's own pattern, applied to the rows.
+INVALID_DEVICE_IDS = "SELECT count(*) FROM subjects WHERE device_id !~ $1"
+
+
+async def count_invalid_device_ids(url: str) -> int:
+    """Rows whose device_id the API no longer takes (stored before every pattern matched the whole
+    value: a trailing newline). They cannot be checked or erased by device_id; README says how to
+    erase them. Only the count is reported: a device_id is personal data."""
+    with translated():
+        conn = await asyncpg.connect(url)
+        try:
+            count: int = await conn.fetchval(INVALID_DEVICE_IDS, DEVICE_ID_PATTERN)
+        finally:
+            await conn.close()
+    return count
