@@ -14,7 +14,6 @@ from ledger import embedded, keys, metrics
 from ledger.api import openapi
 from ledger.api.checks import ChecksController, DevicesController, PurposesController
 from ledger.api.consents import ConsentsController
-from ledger.api.fast_check import FastCheck
 from ledger.api.health import HealthController, prometheus
 from ledger.api.log import ExportController, KeysController, LogController
 from ledger.api.problems import EXCEPTION_HANDLERS
@@ -26,12 +25,7 @@ from ledger.settings import Settings
 CONSISTENCY_TOKEN = "Consistency-Token"
 
 
-def create_app(settings: Settings | None = None) -> FastCheck:
-    """The ASGI application: the Litestar app behind the check fast path."""
-    return FastCheck(create_litestar(settings))
-
-
-def create_litestar(settings: Settings | None = None) -> Litestar:
+def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
 
     @contextlib.asynccontextmanager

@@ -76,6 +76,13 @@ CACHE_ENTRIES = Gauge("ledger_cache_entries", "Entries held in the decision cach
 CACHE_LOOKUPS = Counter("ledger_cache_lookups_total", "Cache lookups, by result (hit or miss).", ["result"])
 for _result in ("hit", "miss"):
     CACHE_LOOKUPS.labels(_result)  # exported from the start, at 0
+CHECK_ANSWERS = Counter(
+    "ledger_check_answers_total",
+    "GET /v1/check answers by path: `memory` (cached token and decision, before the handler) or `route`.",
+    ["path"],
+)
+for _path in ("memory", "route"):
+    CHECK_ANSWERS.labels(_path)
 
 
 DELIVERIES = Counter(
@@ -107,6 +114,7 @@ _BOUNDS = (*DURATION_BUCKETS, float("inf"))
 _requests: dict[tuple[str, str, str], list[float]] = {}
 _decisions: Tally[tuple[str, str]] = Tally()
 _lookups = {"hit": 0, "miss": 0}
+_check_answers = {"memory": 0, "route": 0}
 
 
 def observe_request(route: str, method: str, status: str, seconds: float) -> None:
@@ -131,6 +139,10 @@ def count_lookups(hits: int, misses: int) -> None:
     _lookups["miss"] += misses
 
 
+def count_check_answer(path: str) -> None:
+    _check_answers[path] += 1
+
+
 def flush() -> None:
     """Hand this process's pending counts to prometheus_client."""
     for key, acc in list(_requests.items()):
@@ -149,6 +161,10 @@ def flush() -> None:
         if count:
             CACHE_LOOKUPS.labels(result).inc(count)
             _lookups[result] = 0
+    for path, count in list(_check_answers.items()):
+        if count:
+            CHECK_ANSWERS.labels(path).inc(count)
+            _check_answers[path] = 0
 
 
 async def flush_periodically() -> None:

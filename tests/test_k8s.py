@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ledger.app import create_litestar
+from ledger.app import create_app
 from ledger.cli import parser
 from ledger.core.purposes import BUILT_IN, parse_registry
 from ledger.settings import FILE_VARIANTS, KNOWN, Settings, parse
@@ -302,7 +302,7 @@ def test_each_job_runs_a_command_the_cli_has(job: str) -> None:
 
 def test_probes_and_port_match_the_service() -> None:
     spec = container()
-    routes = {route.path for route in create_litestar(Settings(database_url="postgresql://unused")).routes}
+    routes = {route.path for route in create_app(Settings(database_url="postgresql://unused")).routes}
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert spec[probe]["httpGet"]["path"] in routes
     assert spec["readinessProbe"]["httpGet"]["path"] == "/health/ready"

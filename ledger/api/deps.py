@@ -4,5 +4,5 @@ from litestar.di import NamedDependency
 
 from ledger.composition import Services
 
-# Provided by create_litestar() from app.state; named, as Litestar 3 will require.
+# Provided by create_app() from app.state; named, as Litestar 3 will require.
 LedgerDep = NamedDependency[Services]

@@ -17,6 +17,7 @@ from ledger.errors import UnprocessableRequest
 # Decimal digits only (StrictRequests refuses `null`, `1.0` and the like before msgspec's lax
 # conversion could read them as absent or as 1), up to PostgreSQL's bigint.
 NonNegative = Annotated[int, QueryParameter(ge=0, le=2**63 - 1)]
+MaybeNonNegative = Annotated[int | None, QueryParameter(ge=0, le=2**63 - 1)]
 
 
 class KeyOut(msgspec.Struct):
@@ -63,7 +64,7 @@ class LogController(Controller):
         return Response(await ledger.auditing.checkpoint(), headers={"Cache-Control": "no-store"})
 
     @get("/entries", guards=[require("audit:read")], security=scope("audit:read"), media_type="application/x-ndjson")
-    async def entries(self, ledger: LedgerDep, start: NonNegative = 0, end: NonNegative | None = None) -> Stream:
+    async def entries(self, ledger: LedgerDep, start: NonNegative = 0, end: MaybeNonNegative = None) -> Stream:
         """Entries start <= index < end as NDJSON, each line exactly the entry bytes."""
         first, last, lines = await ledger.auditing.entries(start, end)
         return Stream(
@@ -103,8 +104,8 @@ class ExportController(Controller):
     async def export(
         self,
         ledger: LedgerDep,
-        start: NonNegative | None = None,
-        end: NonNegative | None = None,
+        start: MaybeNonNegative = None,
+        end: MaybeNonNegative = None,
         since: FromQuery[str | None] = None,
         until: FromQuery[str | None] = None,
     ) -> Stream:

@@ -17,7 +17,7 @@ import pytest
 from ledger.storage.postgres import ensure_database
 
 from ledger import auth, embedded
-from ledger.app import create_litestar
+from ledger.app import create_app
 from ledger.settings import Settings
 
 from .server import ADMIN_TOKEN, running_server
@@ -45,7 +45,7 @@ BODIES: dict[tuple[str, str], Any] = {
 def endpoints() -> list[tuple[str, str]]:
     """Every method and path the application routes, path parameters filled in."""
     found = []
-    for route in create_litestar(Settings()).routes:
+    for route in create_app(Settings()).routes:
         path = re.sub(r"\{(\w+):\w+\}", lambda m: SAMPLE[m[1]], route.path)
         found += [(method, path) for method in sorted(getattr(route, "methods", ())) if method != "OPTIONS"]
     return found
