@@ -14,11 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
-from ledger.storage.postgres import ensure_database
 
 from ledger import auth, embedded
 from ledger.app import create_app
 from ledger.settings import Settings
+from ledger.storage.database import ensure_database
 
 from .server import ADMIN_TOKEN, running_server
 
