@@ -21,7 +21,7 @@ from pathlib import Path
 
 import asyncpg
 
-from benchmarks.common import RESULTS, percentile, progress, pyplot
+from benchmarks.common import RESULTS, durability, percentile, progress, pyplot
 from ledger import embedded
 from ledger.appender import Appender
 from ledger.core.batch import Draft
@@ -171,6 +171,11 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as data_dir:
         server, server_url = embedded.start(Path(data_dir))
         try:
+            settings = await durability(server_url)
+            print(
+                f"PostgreSQL: fsync={settings['fsync']}, synchronous_commit={settings['synchronous_commit']}",
+                flush=True,
+            )
             appends = []
             for group in (True, False):
                 for writers in (1, 16, 64):
@@ -185,7 +190,13 @@ async def main() -> None:
         finally:
             server.cleanup()
 
-    results = {"seconds_per_run": args.seconds, "log_size": args.log_size, "appends": appends, "proofs": proofs}
+    results = {
+        "seconds_per_run": args.seconds,
+        "log_size": args.log_size,
+        "postgresql": settings,
+        "appends": appends,
+        "proofs": proofs,
+    }
     by = {(r["writers"], r["mode"]): r["per_second"] for r in appends}
     speedup = by[(64, "group commit")] / by[(64, "one transaction per append")]
     print()

@@ -70,3 +70,15 @@ def pyplot():  # type: ignore[no-untyped-def]
     import matplotlib.pyplot as plt
 
     return plt
+
+
+async def durability(url: str) -> dict[str, str]:
+    """What a durable append means on this server: `SHOW fsync, synchronous_commit` (the append
+    transaction sets synchronous_commit = on for itself whatever the default)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return {name: await conn.fetchval(f"SHOW {name}") for name in ("fsync", "synchronous_commit")}
+    finally:
+        await conn.close()

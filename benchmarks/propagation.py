@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, percentile, progress, pyplot
+from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, durability, percentile, progress, pyplot
 from ledger import embedded
 from ledger.storage.migrations import migrate
 
@@ -183,6 +183,11 @@ def main() -> None:
         try:
             url = embedded.with_database(server_url, "postgres")
             asyncio.run(migrate(url))
+            settings = asyncio.run(durability(url))
+            print(
+                f"PostgreSQL: fsync={settings['fsync']}, synchronous_commit={settings['synchronous_commit']}",
+                flush=True,
+            )
             env = {"LEDGER_DATABASE_URL": url, "LEDGER_DATA_DIR": str(tmp / "data"), "LEDGER_ADMIN_TOKEN": ADMIN}
             if args.server_path:
                 env["PYTHONPATH"] = str(Path(args.server_path).resolve())
@@ -200,7 +205,7 @@ def main() -> None:
     for r in results:
         print(summary(r))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"postgresql": settings, "levels": results}, indent=2))
     plot(results, RESULTS / f"{args.out}.png")
     print(f"wrote {RESULTS / (args.out + '.json')} and {RESULTS / (args.out + '.png')}")
 
