@@ -28,6 +28,8 @@ from ledger.core.webhooks import build_deliveries, erasure_deliveries
 from ledger.errors import IdempotencyConflict, LogCorrupted, StorageError, UnknownDevice
 from ledger.storage.log import AppendTransaction, EntryRow, Head, LogStore
 
+__all__ = ["Appender", "Outcome", "log"]
+
 log = logging.getLogger("ledger.appender")
 
 

@@ -25,6 +25,8 @@ from ledger.settings import Settings
 from ledger.storage import Stores, create_pool, migrations, open_stores
 from ledger.webhooks import Dispatcher, webhook_key
 
+__all__ = ["ADMIN_TOKEN_NAME", "Services"]
+
 ADMIN_TOKEN_NAME = "LEDGER_ADMIN_TOKEN"
 
 

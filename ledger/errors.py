@@ -2,6 +2,23 @@
 
 from ledger.core.errors import LedgerError
 
+__all__ = [
+    "AppendOnlyViolation",
+    "ConfigError",
+    "ConsistencyTimeout",
+    "IdempotencyConflict",
+    "ImpossibleState",
+    "InvalidRequest",
+    "LogCorrupted",
+    "MigrationError",
+    "NameTaken",
+    "NotFound",
+    "Stale",
+    "StorageError",
+    "UnknownDevice",
+    "UnprocessableRequest",
+]
+
 
 class ConfigError(LedgerError):
     """A configuration value is wrong; the message names the variable."""

@@ -26,6 +26,8 @@ from ledger.core.rfc6962 import leaf_hash
 from ledger.errors import LogCorrupted, StorageError
 from ledger.services.stores import LogReads
 
+__all__ = ["OPENED_NOTES", "Integrity", "Proven", "ProvenLog", "SignedTree", "log"]
+
 log = logging.getLogger("ledger.integrity")
 OPENED_NOTES = 256
 

@@ -11,6 +11,39 @@ from ledger.core.entry import Actor, DeviceId, Entry, Evidence, Method, PolicyVe
 from ledger.core.purposes import PurposeRecord
 from ledger.errors import InvalidRequest, UnprocessableRequest
 
+__all__ = [
+    "IDEMPOTENCY_KEY_PATTERN",
+    "MAX_BATCH_CHECKS",
+    "AttemptOut",
+    "CheckIn",
+    "ChecksIn",
+    "ChecksOut",
+    "ConsentIn",
+    "ConsentRecord",
+    "DecisionOut",
+    "DeliveriesOut",
+    "DeliveryOut",
+    "DeviceConsents",
+    "DeviceHistory",
+    "IdempotencyKey",
+    "PersonalExport",
+    "Receipt",
+    "RecordOfProcessing",
+    "SecretRotated",
+    "T",
+    "TimeText",
+    "WebhookCreated",
+    "WebhookEvent",
+    "WebhookIn",
+    "WebhookOut",
+    "WebhooksOut",
+    "checks_decoder",
+    "consent_decoder",
+    "decode_body",
+    "refuse_duplicate_keys",
+    "webhook_decoder",
+]
+
 T = TypeVar("T")
 MAX_BATCH_CHECKS = 1000
 IDEMPOTENCY_KEY_PATTERN = whole(r"[\x21-\x7e]{1,128}")

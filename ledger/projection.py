@@ -51,6 +51,8 @@ from ledger.storage.log import LogStore
 from ledger.storage.notifications import LOG_CHANNEL, TOKEN_CHANNEL
 from ledger.storage.subjects import StateRow, SubjectStore
 
+__all__ = ["ERASED_DEVICE", "MISSING", "TAIL_PAGE", "Projection", "checked_basis", "log"]
+
 log = logging.getLogger("ledger.projection")
 MISSING: Final = object()
 # In the device cache: this device has no subject because it was erased (not: never consented).

@@ -17,6 +17,8 @@ from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import RootAccumulator
 from ledger.storage.log import LogStore
 
+__all__ = ["PAGE", "StateReport", "verify_state"]
+
 PAGE = 20_000
 
 

@@ -15,6 +15,8 @@ from ledger.core.proof import inclusion_proof
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import CompactRange, NodeId
 
+__all__ = ["Committed", "Draft", "Sealed", "SealedBatch", "latest_per_key", "seal_batch"]
+
 
 class Draft(msgspec.Struct, frozen=True, kw_only=True):
     """An entry before the log gives it an index, a subject and a recording time."""

@@ -8,6 +8,8 @@ from ledger.core import note
 from ledger.core.errors import NoteError
 from ledger.core.rfc6962 import HASH_SIZE
 
+__all__ = ["Checkpoint", "open_checkpoint", "parse_body", "sign_checkpoint"]
+
 
 class Checkpoint(NamedTuple):
     origin: str

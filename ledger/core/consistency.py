@@ -2,6 +2,8 @@
 
 from ledger.core.errors import LedgerError
 
+__all__ = ["PREFIX", "BadToken", "consistency_token", "parse_consistency_token"]
+
 PREFIX = "ct1."
 
 

@@ -14,6 +14,8 @@ import msgspec
 from ledger.core.entry import Entry, format_time, parse_time
 from ledger.core.purposes import Purpose
 
+__all__ = ["ERASED", "Basis", "Decision", "Reason", "decide", "deciding", "effective_expiry"]
+
 Reason = Literal["granted", "no_consent", "withdrawn", "expired", "reconsent_required", "erased"]
 
 

@@ -10,6 +10,34 @@ import msgspec
 
 from ledger.core.errors import EntryError
 
+__all__ = [
+    "ALL_PURPOSES",
+    "DEVICE_ID_PATTERN",
+    "PURPOSE_PATTERN",
+    "TIMESTAMP_PATTERN",
+    "Action",
+    "Actor",
+    "DeviceId",
+    "Entry",
+    "EntryId",
+    "EntryPurpose",
+    "Evidence",
+    "EvidenceKey",
+    "EvidenceValue",
+    "Method",
+    "PolicyVersion",
+    "PurposeKey",
+    "Subject",
+    "Timestamp",
+    "entry_bytes",
+    "format_time",
+    "is_device_id",
+    "parse_entry",
+    "parse_time",
+    "subject_for",
+    "whole",
+]
+
 
 def whole(expression: str) -> str:
     r"""A pattern that matches the whole value, the same in Python and in JSON Schema.

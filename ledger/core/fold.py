@@ -14,6 +14,8 @@ import msgspec
 from ledger.core.entry import ALL_PURPOSES
 from ledger.core.errors import EntryError
 
+__all__ = ["Difference", "StateFold", "StateOf", "differences"]
+
 
 class StateOf(NamedTuple):
     """One (subject, purpose)'s row: its deciding entry and how many entries it has."""

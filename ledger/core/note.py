@@ -16,6 +16,20 @@ from nacl.signing import SigningKey, VerifyKey
 
 from ledger.core.errors import NoteError
 
+__all__ = [
+    "ALG_ED25519",
+    "PRIVATE_KEY_PREFIX",
+    "SIGNATURE_PREFIX",
+    "SIGNATURE_SIZE",
+    "Note",
+    "Signature",
+    "Signer",
+    "Verifier",
+    "key_id",
+    "open_note",
+    "sign",
+]
+
 ALG_ED25519 = b"\x01"
 SIGNATURE_PREFIX = "— "
 PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"

@@ -18,6 +18,18 @@ from typing import NamedTuple
 
 from ledger.core.entry import ALL_PURPOSES, Entry
 
+__all__ = [
+    "MAX_NOTICES",
+    "MAX_PAYLOAD",
+    "PARTIAL",
+    "Key",
+    "Notice",
+    "changed_keys",
+    "decode_notice",
+    "encode_notices",
+    "is_erasure",
+]
+
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_PAYLOAD = 7900
 MAX_NOTICES = 16

@@ -12,6 +12,22 @@ from ledger.core.errors import ProofError
 from ledger.core.rfc6962 import HASH_SIZE, node_hash
 from ledger.core.tree import NodeId, range_hash, range_nodes, split_point
 
+__all__ = [
+    "InclusionVerifier",
+    "ManyProofs",
+    "Range",
+    "consistency_nodes",
+    "consistency_proof",
+    "consistency_ranges",
+    "inclusion_nodes",
+    "inclusion_proof",
+    "inclusion_ranges",
+    "nodes_for",
+    "root_from_inclusion_proof",
+    "verify_consistency",
+    "verify_inclusion",
+]
+
 Range = tuple[int, int]
 
 

@@ -12,6 +12,19 @@ import msgspec
 
 from ledger.core.entry import PolicyVersion, PurposeKey
 
+__all__ = [
+    "BUILT_IN",
+    "HOW_TO_WITHDRAW",
+    "KUKU_AI",
+    "Controller",
+    "Purpose",
+    "PurposeRecord",
+    "Registry",
+    "parse_registry",
+    "purpose_record",
+    "records_csv",
+]
+
 
 class Purpose(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]

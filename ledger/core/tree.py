@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 from ledger.core.rfc6962 import EMPTY_ROOT, node_hash
 
+__all__ = ["CompactRange", "NodeId", "RootAccumulator", "fold", "range_hash", "range_nodes", "split_point"]
+
 
 class NodeId(NamedTuple):
     level: int

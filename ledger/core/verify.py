@@ -19,6 +19,18 @@ from ledger.core.proof import InclusionVerifier, verify_inclusion
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import CompactRange
 
+__all__ = [
+    "ProofLine",
+    "ReceiptFile",
+    "Receipts",
+    "ReceiptsFile",
+    "Report",
+    "verify_bundle",
+    "verify_log",
+    "verify_receipt",
+    "verify_receipts",
+]
+
 
 class ProofLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One line of proofs.ndjson: the inclusion proof of entry `index` in the checkpoint's tree."""

@@ -26,6 +26,45 @@ from ledger.core.consistency import consistency_token
 from ledger.core.entry import Entry
 from ledger.core.errors import LedgerError
 
+__all__ = [
+    "EVENT_TYPES",
+    "FAILING_LIMIT",
+    "JITTER",
+    "MAX_ATTEMPTS",
+    "MAX_RETRY_AFTER",
+    "REDACTED_ERASURE",
+    "RETRY_DELAYS",
+    "SECRET_PREFIX",
+    "CheckpointEventData",
+    "ConsentEventData",
+    "Delivery",
+    "DestinationRefused",
+    "Embedded",
+    "ErasureEventData",
+    "Event",
+    "EventType",
+    "Step",
+    "Subscription",
+    "build_deliveries",
+    "check_destination",
+    "consent_event_type",
+    "destination_refusal",
+    "embedded_ipv4",
+    "erasure_deliveries",
+    "event_body",
+    "ipv4_refusal",
+    "ipv6_refusal",
+    "new_secret",
+    "next_step",
+    "parse_retry_after",
+    "retry_delay",
+    "rfc6052_ipv4",
+    "secret_bytes",
+    "signature_header",
+    "signed_content",
+    "subscribed",
+]
+
 EventType = Literal["consent.withdrawn", "consent.granted", "log.checkpoint", "subject.erased"]
 EVENT_TYPES: tuple[str, ...] = ("consent.withdrawn", "consent.granted", "log.checkpoint", "subject.erased")
 # What an erasure event's stored payload becomes once delivered or given up: the device_id goes.

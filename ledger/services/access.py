@@ -6,6 +6,8 @@ from ledger import auth
 from ledger.services.stores import TokenReads
 from ledger.storage.tokens import TokenRecord
 
+__all__ = ["TOKEN_CACHE_LIMIT", "TOKEN_CACHE_SECONDS", "Access"]
+
 TOKEN_CACHE_SECONDS = 5.0
 TOKEN_CACHE_LIMIT = 10_000
 

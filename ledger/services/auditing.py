@@ -20,6 +20,8 @@ from ledger.services.stores import LogReads, SubjectReads
 from ledger.services.validation import check_device
 from ledger.storage.log import Head
 
+__all__ = ["ENTRIES_PAGE", "Auditing", "BuildProof", "KeyInfo", "NodesFor"]
+
 ENTRIES_PAGE = 1000
 NodesFor = Callable[[int, int], list[NodeId]]
 BuildProof = Callable[[int, int, Mapping[NodeId, bytes]], list[bytes]]

@@ -14,6 +14,8 @@ from ledger.projection import MISSING, Projection
 from ledger.services.stores import SubjectReads
 from ledger.services.validation import check_device, check_purpose, request_time
 
+__all__ = ["Checking", "parse_consistency_token"]
+
 
 class Checking:
     def __init__(

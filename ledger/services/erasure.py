@@ -15,6 +15,8 @@ from ledger.models import Receipt
 from ledger.services.position import Position
 from ledger.services.validation import check_device
 
+__all__ = ["TOMBSTONE_LABEL", "Erasure", "tombstone_hasher"]
+
 TOMBSTONE_LABEL = "consent-ledger tombstones v1"
 
 

@@ -6,6 +6,8 @@ from ledger.core.batch import Sealed
 from ledger.core.consistency import consistency_token
 from ledger.models import Receipt
 
+__all__ = ["Position"]
+
 
 class Position:
     def __init__(self, *known: Callable[[], int]) -> None:

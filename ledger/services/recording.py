@@ -18,6 +18,8 @@ from ledger.projection import Projection
 from ledger.services.position import Position
 from ledger.services.validation import request_time, unknown_purpose
 
+__all__ = ["MAX_CLOCK_SKEW", "Recording"]
+
 # A device clock a little ahead is normal; an action dated further in the future is a bug or a lie.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 _canonical = msgspec.json.Encoder(order="sorted")

@@ -6,6 +6,8 @@ from ledger.core.entry import is_device_id, parse_time
 from ledger.core.purposes import Registry
 from ledger.errors import UnprocessableRequest
 
+__all__ = ["check_device", "check_purpose", "request_time", "unknown_purpose"]
+
 
 def check_device(device_id: str, where: str = "") -> None:
     if not is_device_id(device_id):

@@ -18,6 +18,8 @@ from ledger.services.validation import unknown_purpose
 from ledger.storage.outbox import SubscriptionRecord
 from ledger.webhooks import Dispatcher
 
+__all__ = ["SECRET_OVERLAP", "WebhookAdmin", "check_webhook_url"]
+
 # After a rotation the old secret keeps signing for this long, so receivers can switch over.
 SECRET_OVERLAP = timedelta(hours=24)
 
