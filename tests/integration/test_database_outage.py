@@ -23,7 +23,12 @@ from ledger.storage.database import ensure_database
 from .server import ADMIN_TOKEN, running_server
 
 DEVICE = "outage-device"  # recorded before the outage; the requests fired erase another one
-SAMPLE = {"device_id": "sample-device", "webhook_id": str(uuid.uuid4()), "delivery_id": str(uuid.uuid4())}
+SAMPLE = {
+    "device_id": "sample-device",
+    "webhook_id": str(uuid.uuid4()),
+    "delivery_id": str(uuid.uuid4()),
+    "path": "openapi.yaml",
+}
 QUERIES = {
     "/v1/check": {"device_id": "sample-device", "purpose": "telemetry"},
     "/v1/log/entries": {"start": "0", "end": "1"},
