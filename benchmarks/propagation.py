@@ -3,16 +3,16 @@
     python -m benchmarks.propagation [--rounds 150] [--writers 0 12 24]
 
 On the embedded PostgreSQL: two `ledger serve`-equivalent servers on one database, A with one
-worker and B with two, and writers recording grants for other devices on both (half each, from a
-separate process), at each load level. A probe then, round after round, on alternating replicas:
-grants a device, warms both replicas (their next plain check is a cache hit), withdraws on one
-(the acknowledging replica), and at once
-  - checks on the same connection, so on the process that acknowledged: any `allowed: true` is a
-    stale answer (target 0);
-  - on even rounds, polls the other replica with plain checks until it refuses: the delay from
-    the 201 to the first refusal, and how many polls in between still allowed;
-  - on odd rounds, asks the other replica once with the withdrawal's consistency token: any
-    `allowed: true` is a stale answer (target 0).
+worker and B with two, and writers recording grants for other devices on both (half each; wrk
+connections with a Lua script, needs `apt-get install wrk`), at each load level. A probe then,
+round after round, on alternating replicas: grants a device, warms both replicas (their next
+plain check is a cache hit), withdraws on one (the acknowledging replica), and at once
+  - in half the rounds, polls the other replica with plain checks until it refuses: the delay
+    from the 201 to the refusing answer (an upper bound: one poll's round trip is in it), and
+    how many polls still allowed;
+  - in the other half, checks on the same connection, so on the process that acknowledged (any
+    `allowed: true` is stale, target 0), then asks the other replica once with the withdrawal's
+    consistency token (any `allowed: true` is stale, target 0).
 The resolution of a delay is one poll, an HTTP round trip on loopback (its median is printed).
 Prints a table, writes benchmarks/results/propagation.json and draws propagation.png.
 `--server-path DIR` runs the servers from another checkout (to measure a version before a change).
@@ -20,14 +20,15 @@ Prints a table, writes benchmarks/results/propagation.json and draws propagation
 
 import argparse
 import asyncio
+import http.client
 import json
-import multiprocessing
-import os
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -38,74 +39,121 @@ from ledger.storage.migrations import migrate
 PURPOSE = "pixverse_sharing"
 
 
-def write_load(urls: list[str], writers: int, stop: Any, counter: Any) -> None:
-    """Run in its own process: `writers` loops recording grants for devices of their own."""
-
-    async def writer(n: int, http: httpx.AsyncClient) -> None:
-        url, i = urls[n % len(urls)], 0
-        while not stop.is_set():
-            body = {"device_id": f"load-{os.getpid()}-{n}-{i}", "purpose": "telemetry", "action": "grant",
-                    "policy_version": 1}  # fmt: skip
-            if (await http.post(f"{url}/v1/consents", json=body)).status_code == 201:
-                with counter.get_lock():
-                    counter.value += 1
-            i += 1
-
-    async def run() -> None:
-        limits = httpx.Limits(max_connections=writers, max_keepalive_connections=writers)
-        async with httpx.AsyncClient(headers=HEADERS, timeout=30, limits=limits) as http:
-            await asyncio.gather(*(writer(n, http) for n in range(writers)))
-
-    asyncio.run(run())
+LOAD_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+math.randomseed(%d)
+local prefix = math.random(1, 1000000000)
+local n = 0
+request = function()
+  n = n + 1
+  local body = '{"device_id":"load-' .. prefix .. '-' .. n
+    .. '","purpose":"telemetry","action":"grant","policy_version":1}'
+  return wrk.format(nil, "/v1/consents", nil, body)
+end
+"""
 
 
-def allowed(http: httpx.Client, url: str, device: str, **extra: str) -> bool:
-    answer = http.get(f"{url}/v1/check", params={"device_id": device, "purpose": PURPOSE, **extra})
-    answer.raise_for_status()
-    return bool(answer.json()["allowed"])
+def start_writers(urls: list[str], writers: int, tmp: Path) -> list[subprocess.Popen[bytes]]:
+    """wrk (C, one thread each) recording grants for devices of their own, split over the replicas:
+    a load generator that leaves the two cores to the servers and PostgreSQL."""
+    procs = []
+    for n, url in enumerate(urls):
+        connections = writers // len(urls) + (n < writers % len(urls))
+        if not connections:
+            continue
+        script = tmp / f"load-{n}.lua"
+        script.write_text(LOAD_SCRIPT % (ADMIN, n + 1))
+        procs.append(
+            subprocess.Popen(
+                ["wrk", "-t1", f"-c{connections}", "-d600s", "-s", str(script), f"{url}/v1/consents"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    return procs
+
+
+def log_size(url: str) -> int:
+    return int(httpx.get(f"{url}/v1/log/checkpoint").text.split("\n")[1])
+
+
+class Replica:
+    """One keep-alive connection to a server (so one worker), through the standard library's
+    http.client: its round trip on loopback is several times shorter than httpx's, and the
+    round trip is what a delay is measured in."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = http.client.HTTPConnection(urlsplit(url).netloc, timeout=10)
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        headers = {**HEADERS, **({"Content-Type": "application/json"} if body is not None else {})}
+        self.conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        response = self.conn.getresponse()
+        return response.status, json.loads(response.read())
+
+    def allowed(self, device: str, **extra: str) -> bool:
+        status, answer = self.request(
+            "GET", "/v1/check?" + urlencode({"device_id": device, "purpose": PURPOSE, **extra})
+        )
+        assert status == 200, answer
+        return bool(answer["allowed"])
 
 
 def probe(a: str, b: str, rounds: int, level: int) -> dict[str, Any]:
-    one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    clients = {url: httpx.Client(headers=HEADERS, timeout=10, limits=one) for url in (a, b)}
-    delays, stale_polls, polls, stale_here, stale_token, token_asks, rtts = [], 0, 0, 0, 0, 0, []
+    replicas = {url: Replica(url) for url in (a, b)}
+    delays, earliest, stale_polls, polls, stale_here, here_asks, stale_token, token_asks = [], [], 0, 0, 0, 0, 0, 0
+    rtts: list[float] = []
     try:
         for i in range(rounds):
-            here, there = (a, b) if i % 2 == 0 else (b, a)
-            writer, other = clients[here], clients[there]
+            writer, other = (replicas[a], replicas[b]) if i % 2 == 0 else (replicas[b], replicas[a])
             device = f"probe-{level}-{i}"
             body = {"device_id": device, "purpose": PURPOSE, "policy_version": 1}
-            granted = writer.post(f"{here}/v1/consents", json={**body, "action": "grant"}).json()
-            assert allowed(other, there, device, consistency=granted["consistency_token"])
-            assert allowed(writer, here, device)  # both replicas hold the grant in their caches now
-            assert allowed(other, there, device)
-            withdrawn = writer.post(f"{here}/v1/consents", json={**body, "action": "withdraw"})
+            status, granted = writer.request("POST", "/v1/consents", {**body, "action": "grant"})
+            assert status == 201, granted
+            assert other.allowed(device, consistency=granted["consistency_token"])
+            assert writer.allowed(device)  # both replicas hold the grant in their caches now
+            assert other.allowed(device)
+            status, withdrawn = writer.request("POST", "/v1/consents", {**body, "action": "withdraw"})
             acknowledged = time.perf_counter()
-            assert withdrawn.status_code == 201
-            stale_here += allowed(writer, here, device)
+            assert status == 201, withdrawn
             if i % 4 < 2:
+                # The other replica, asked at once and again until it refuses. The withdrawal
+                # became visible there between the sending of the last allowing ask (or the 201)
+                # and the answer to the refusing one: both bounds are kept.
+                last_allowed_sent = acknowledged
                 while True:
                     sent = time.perf_counter()
-                    still = allowed(other, there, device)
+                    still = other.allowed(device)
                     rtts.append(time.perf_counter() - sent)
                     polls += 1
                     if not still:
                         break
                     stale_polls += 1
+                    last_allowed_sent = sent
                 delays.append((time.perf_counter() - acknowledged) * 1000)
+                earliest.append((last_allowed_sent - acknowledged) * 1000)
             else:
+                # The acknowledging process at once (same connection, so the same worker), then
+                # the other replica once with the withdrawal's consistency token.
+                here_asks += 1
+                stale_here += writer.allowed(device)
                 token_asks += 1
-                stale_token += allowed(other, there, device, consistency=withdrawn.json()["consistency_token"])
+                stale_token += other.allowed(device, consistency=withdrawn["consistency_token"])
             if i % 10 == 0:
                 progress(f"{level} writers: round {i}/{rounds}")
     finally:
-        for c in clients.values():
-            c.close()
+        for replica in replicas.values():
+            replica.conn.close()
     return {
         "writers": level,
         "rounds": rounds,
         "stale_on_acknowledging_process": stale_here,
+        "acknowledging_process_asks": here_asks,
         "other_replica_delay_ms": delays,
+        "other_replica_visible_after_ms": earliest,
         "stale_polls": stale_polls,
         "polls": polls,
         "stale_with_token": stale_token,
@@ -114,22 +162,20 @@ def probe(a: str, b: str, rounds: int, level: int) -> dict[str, Any]:
     }
 
 
-def level_run(env: dict[str, str], rounds: int, writers: int) -> dict[str, Any]:
+def level_run(env: dict[str, str], rounds: int, writers: int, tmp: Path) -> dict[str, Any]:
     a = Served("granian", "ledger.app:create_app", env, workers=1)
     b = Served("granian", "ledger.app:create_app", env, workers=2)
-    stop, counter = multiprocessing.Event(), multiprocessing.Value("i", 0)
-    load = multiprocessing.Process(target=write_load, args=([a.url, b.url], writers, stop, counter))
+    load = start_writers([a.url, b.url], writers, tmp)
     try:
         if writers:
-            load.start()
             time.sleep(2)  # let the load settle
-        before, started = counter.value, time.monotonic()
+        before, started = log_size(a.url), time.monotonic()
         result = probe(a.url, b.url, rounds, writers)
-        result["appends_per_second"] = (counter.value - before) / (time.monotonic() - started)
+        result["appends_per_second"] = (log_size(a.url) - before) / (time.monotonic() - started)
     finally:
-        stop.set()
-        if writers:
-            load.join(30)
+        for proc in load:
+            proc.terminate()
+            proc.wait(10)
         a.stop()
         b.stop()
     progress("")
@@ -137,10 +183,12 @@ def level_run(env: dict[str, str], rounds: int, writers: int) -> dict[str, Any]:
 
 
 def summary(r: dict[str, Any]) -> str:
-    d = r["other_replica_delay_ms"]
+    d, e = r["other_replica_delay_ms"], r["other_replica_visible_after_ms"]
     return (
-        f"| {r['writers']} | {r['appends_per_second']:,.0f} | {r['stale_on_acknowledging_process']}/{r['rounds']} | "
+        f"| {r['writers']} | {r['appends_per_second']:,.0f} | "
+        f"{r['stale_on_acknowledging_process']}/{r['acknowledging_process_asks']} | "
         f"{statistics.median(d):.1f} / {percentile(d, 99):.1f} / {max(d):.1f} | "
+        f"{percentile(e, 99):.1f} / {max(e):.1f} | "
         f"{r['stale_polls']}/{r['polls']} | {r['stale_with_token']}/{r['token_asks']} | {r['poll_rtt_ms_p50']:.2f} |"
     )
 
@@ -192,16 +240,16 @@ def main() -> None:
             if args.server_path:
                 env["PYTHONPATH"] = str(Path(args.server_path).resolve())
             for writers in args.writers:
-                results.append(level_run(env, args.rounds, writers))
+                results.append(level_run(env, args.rounds, writers, tmp))
                 print(summary(results[-1]), flush=True)
         finally:
             server.cleanup()
     print()
     print(
-        "| writers | appends/s | stale on the acknowledging process | other replica p50 / p99 / max (ms) "
-        "| stale plain polls in that window | stale with the token | poll round trip p50 (ms) |"
+        "| writers | appends/s | stale on the acknowledging process | other replica refuses, upper bound p50 / p99 / "
+        "max (ms) | lower bound p99 / max (ms) | stale plain asks | stale with the token | ask round trip p50 (ms) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(summary(r))
     RESULTS.mkdir(exist_ok=True)
