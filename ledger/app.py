@@ -6,7 +6,7 @@ import os
 from collections.abc import AsyncIterator
 
 from litestar import Litestar
-from litestar.datastructures import MutableScopeHeaders, State
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.types import Message, Scope
 
@@ -22,7 +22,8 @@ from ledger.api.webhooks import WebhooksController
 from ledger.composition import Services
 from ledger.settings import Settings
 
-CONSISTENCY_TOKEN = "Consistency-Token"
+# Nothing else sets it, so it is appended as raw bytes (lower case, as ASGI headers are).
+CONSISTENCY_TOKEN = b"consistency-token"
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -50,10 +51,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return ledger
 
     async def add_consistency_token(message: Message, _: Scope) -> None:
-        # At the ASGI edge, so error responses and streams carry it too.
+        # At the ASGI edge, so error responses, streams and the check hot path carry it too.
         ledger: Services | None = getattr(app.state, "ledger", None)
         if message["type"] == "http.response.start" and ledger is not None:
-            MutableScopeHeaders.from_message(message)[CONSISTENCY_TOKEN] = ledger.consistency_token()
+            token = (CONSISTENCY_TOKEN, ledger.consistency_token().encode())
+            message["headers"] = [*message.get("headers", ()), token]
 
     app = Litestar(
         middleware=[metrics.RequestTimer, StrictRequests],

@@ -1,7 +1,6 @@
 """Answering "is this allowed now?": checks, a device's consents and history, the registry."""
 
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -13,7 +12,7 @@ from ledger import metrics
 from ledger.api.deps import LedgerDep
 from ledger.api.guards import authorized_in_memory, require
 from ledger.api.openapi import scope
-from ledger.api.strict import json_only
+from ledger.api.strict import json_only, query_pairs
 from ledger.composition import Services
 from ledger.core.entry import DEVICE_ID_PATTERN, PURPOSE_PATTERN, whole
 from ledger.core.purposes import Registry, purpose_record, records_csv
@@ -78,7 +77,7 @@ class AnswerFromMemory:
         authorization = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         if not authorized_in_memory(services, authorization.decode("latin-1"), "consent:check"):
             return None
-        params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        params = query_pairs(scope)
         if len(params) != 2:
             return None
         found = dict(params)

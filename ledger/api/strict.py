@@ -29,6 +29,7 @@ from litestar.routes import HTTPRoute
 from ledger.api.problems import PROBLEM_JSON, TYPE_BASE, Problem
 
 JSON = "application/json"
+QUERY_STATE = "ledger.query"
 DIGITS = re.compile(r"[0-9]{1,19}")
 MAX_INTEGER = 2**63 - 1  # PostgreSQL's bigint
 
@@ -96,9 +97,9 @@ class StrictRequests:
         query = scope.get("query_string", b"")
         if not query:
             return None
-        params = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-        repeated = sorted(name for name, n in Counter(name for name, _ in params).items() if n > 1)
-        if repeated:
+        params = query_pairs(scope)
+        if len({name for name, _ in params}) != len(params):
+            repeated = sorted(name for name, n in Counter(name for name, _ in params).items() if n > 1)
             return f"the query parameter {repeated[0][:64]!r} is given more than once"
         handler = scope.get("route_handler")
         if not isinstance(handler, HTTPRouteHandler):
@@ -118,6 +119,26 @@ class StrictRequests:
             if isinstance(route, HTTPRoute) and route.path_format == _format(template):
                 methods |= set(route.methods)
         await _send(send, 204, b"", [(b"allow", ", ".join(sorted(methods)).encode())])
+
+
+def query_pairs(scope: Any) -> list[tuple[str, str]]:
+    """The request's query as (name, value) pairs, read once per request and kept in the scope
+    for whoever asks next (the check hot path does). Plain ASCII needs no unquoting: the common
+    case skips parse_qsl, with the same result."""
+    state = scope.setdefault("state", {})
+    pairs: list[tuple[str, str]] | None = state.get(QUERY_STATE)
+    if pairs is None:
+        raw = scope.get("query_string", b"")
+        if b"%" in raw or b"+" in raw:
+            pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+        else:
+            pairs = []
+            for part in raw.decode("latin-1").split("&"):
+                if part:
+                    name, _, value = part.partition("=")
+                    pairs.append((name, value))
+        state[QUERY_STATE] = pairs
+    return pairs
 
 
 def _format(template: str | None) -> str | None:

@@ -20,7 +20,10 @@ class Position:
 
     def token(self) -> str:
         """Names the largest log this process knows is committed; a read elsewhere can wait for it."""
-        return consistency_token(max(self._seen, *(size() for size in self._known)))
+        size = self._seen
+        for known in self._known:
+            size = max(size, known())
+        return consistency_token(size)
 
     def receipt(self, device_id: str, sealed: Sealed) -> Receipt:
         """The receipt of a sealed entry; the log it names is then known to be committed."""
