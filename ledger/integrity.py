@@ -21,7 +21,7 @@ from ledger.core.checkpoint import Checkpoint, open_checkpoint
 from ledger.core.entry import Entry, parse_entry
 from ledger.core.errors import EntryError, NoteError, ProofError
 from ledger.core.note import Verifier
-from ledger.core.proof import InclusionVerifier, ManyProofs
+from ledger.core.proof import InclusionVerifier, ManyProofs, leaves_nodes, verify_leaves
 from ledger.core.rfc6962 import leaf_hash
 from ledger.errors import LogCorrupted, StorageError
 from ledger.services.stores import LogReads
@@ -135,6 +135,30 @@ class ProvenLog:
                 raise self._corrupted(f"the entry stored at index {index} says it is {entry.index}", "entry")
             proven[index] = Proven(entry, data, hashed, proof)
         return proven
+
+    async def verify(self, tree: SignedTree, entries: Mapping[int, bytes]) -> dict[int, Entry]:
+        """Each entry (index -> stored bytes) shown to be in `tree`, without building a proof per
+        entry: the leaves and the stored nodes they need are hashed up to the signed root once."""
+        if not entries:
+            return {}
+        size, root = tree.checkpoint.size, tree.checkpoint.root
+        if max(entries) >= size:
+            raise StorageError(f"entry {max(entries)} is not in the tree of size {size}")
+        try:
+            nodes = await self.store.nodes(leaves_nodes(list(entries), size))
+        except LogCorrupted as exc:
+            raise self._corrupted(str(exc), "nodes") from None
+        try:
+            verify_leaves(size, root, {i: leaf_hash(data) for i, data in entries.items()}, nodes)
+            parsed = {i: parse_entry(data) for i, data in entries.items()}
+        except (ProofError, EntryError):
+            raise self._corrupted(
+                f"an entry as stored does not match the signed tree of size {size}", "entry"
+            ) from None
+        for index, entry in parsed.items():
+            if entry.index != index:
+                raise self._corrupted(f"the entry stored at index {index} says it is {entry.index}", "entry")
+        return parsed
 
     async def read(self, indexes: Sequence[int], tree: SignedTree) -> dict[int, Proven]:
         """The entries at `indexes`, read and proven in `tree`."""

@@ -86,14 +86,14 @@ class Checking:
         tree = await self.log.head()
         stones = [self.tombstone(device_id) for device_id, _ in pairs]
         histories = await self.subjects.pair_histories(pairs, stones, tree.checkpoint.size)
-        proven = await self.log.prove(tree, {i: d for h in histories for i, d in h.entries.items()})
+        proven = await self.log.verify(tree, {i: d for h in histories for i, d in h.entries.items()})
         decisions = []
         for (_, purpose), history in zip(pairs, histories, strict=True):
             spec = self.registry.purposes[purpose]
             if history.erased:
                 decisions.append(decide(purpose, spec, ERASED, at))
                 continue
-            basis = deciding((proven[i].entry for i in history.entries), as_of=at)
+            basis = deciding((proven[i] for i in history.entries), as_of=at)
             decisions.append(decide(purpose, spec, basis, at))
         metrics.count_decisions(decisions)
         return decisions

@@ -1,6 +1,5 @@
 """Erasure by crypto-shredding: an erase entry, and in the same transaction the device's salt goes."""
 
-import hashlib
 import hmac
 import uuid
 from collections.abc import Callable
@@ -25,7 +24,7 @@ def tombstone_hasher(key: str | None, signer: Signer) -> Callable[[str], bytes]:
     secret = key.encode() if key else bytes(signer.derive(TOMBSTONE_LABEL))
 
     def tombstone(device_id: str) -> bytes:
-        return hmac.new(secret, device_id.encode(), hashlib.sha256).digest()
+        return hmac.digest(secret, device_id.encode(), "sha256")
 
     return tombstone
 

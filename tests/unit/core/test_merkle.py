@@ -312,3 +312,27 @@ def test_the_shared_work_verifier_refuses_the_corrupted_probes(index: int, size:
                 warm.verify(other, leaf_hash(MODEL_LEAVES[other]), inclusion_proof(other, size, MODEL_NODES))
         for verifier in (fresh, warm):
             assert_refused(verifier.verify, (probe_index, probe_leaf, probe_proof), desc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_many_leaves_verify_together_and_any_alteration_is_refused(data: st.DataObject) -> None:
+    from ledger.core.proof import leaves_nodes, verify_leaves
+
+    size = data.draw(st.integers(1, 300))
+    indexes = data.draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=40, unique=True))
+    nodes, roots = MODEL_NODES, MODEL_ROOTS
+    leaves = {i: leaf_hash(MODEL_LEAVES[i]) for i in indexes}
+    needed = {n: nodes[n] for n in leaves_nodes(indexes, size)}
+    verify_leaves(size, roots[size - 1], leaves, needed)
+    # Only logarithmically many nodes per leaf, and never a leaf we were given.
+    assert len(needed) <= len(indexes) * size.bit_length() + size.bit_length()
+    # An altered leaf, an altered stored node, or the wrong root: refused.
+    victim = data.draw(st.sampled_from(indexes))
+    with pytest.raises(ProofError):
+        verify_leaves(size, roots[size - 1], {**leaves, victim: _flip(leaves[victim])}, needed)
+    node = data.draw(st.sampled_from(sorted(needed)))
+    with pytest.raises(ProofError):
+        verify_leaves(size, roots[size - 1], leaves, {**needed, node: _flip(needed[node])})
+    with pytest.raises(ProofError):
+        verify_leaves(size, _flip(roots[size - 1]), leaves, needed)
