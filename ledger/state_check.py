@@ -7,13 +7,14 @@ altered entries would prove nothing.
 """
 
 from collections.abc import Callable
+from hashlib import sha256
 from typing import NamedTuple
 
 from ledger.core.checkpoint import open_checkpoint
 from ledger.core.errors import EntryError, NoteError, VerificationError
 from ledger.core.fold import Difference, StateFold, differences
 from ledger.core.note import Verifier
-from ledger.core.rfc6962 import leaf_hash
+from ledger.core.rfc6962 import LEAF_PREFIX
 from ledger.core.tree import RootAccumulator
 from ledger.storage.log import LogStore
 
@@ -42,15 +43,16 @@ async def verify_state(
         except NoteError as exc:
             raise VerificationError(f"the latest checkpoint does not verify with the log's key: {exc}") from None
         fold, tree = StateFold(), RootAccumulator()
+        add, append = fold.add, tree.append
         for start in range(0, checkpoint.size, PAGE):
-            for data in await snapshot.entries(start, min(start + PAGE, checkpoint.size)):
-                tree.append(leaf_hash(data))
+            for position, data in enumerate(await snapshot.entries(start, min(start + PAGE, checkpoint.size)), start):
+                append(sha256(LEAF_PREFIX + data).digest())  # leaf_hash, inlined: the hot loop
                 try:
-                    index = fold.add(data)
+                    index = add(data)
                 except EntryError as exc:
-                    raise VerificationError(f"entry {tree.size - 1}: {exc}") from None
-                if index != tree.size - 1:
-                    raise VerificationError(f"the entry stored at index {tree.size - 1} names another index")
+                    raise VerificationError(f"entry {position}: {exc}") from None
+                if index != position:
+                    raise VerificationError(f"the entry stored at index {position} names another index")
             if progress is not None:
                 progress(tree.size, checkpoint.size)
         if tree.size != checkpoint.size or tree.root() != checkpoint.root:

@@ -14,7 +14,7 @@ import msgspec
 from ledger.core.entry import ALL_PURPOSES
 from ledger.core.errors import EntryError
 
-__all__ = ["Difference", "StateFold", "StateOf", "differences"]
+__all__ = ["Difference", "Row", "StateFold", "StateOf", "differences"]
 
 
 class StateOf(NamedTuple):
@@ -33,6 +33,11 @@ class StateOf(NamedTuple):
             f"{self.action} at index {self.index} (policy {self.policy_version}, occurred {self.occurred_at}"
             f"{expiry}; {self.entries} entries)"
         )
+
+
+# A row as plain values in StateOf's field order: a log has millions of entries and a state
+# table as many rows, and building a NamedTuple for each costs more than everything else done.
+Row = tuple[int, str, int, str, str | None, int]
 
 
 class _Fields(msgspec.Struct, frozen=True, gc=False):
@@ -54,7 +59,7 @@ class StateFold:
     """Feed entries in index order; `rows` is then the state table the log implies."""
 
     def __init__(self) -> None:
-        self.rows: dict[tuple[str, str], StateOf] = {}
+        self.rows: dict[tuple[str, str], Row] = {}
         self._purposes: dict[str, set[str]] = {}
 
     def add(self, data: bytes) -> int:
@@ -72,13 +77,11 @@ class StateFold:
         current = self.rows.get(key)
         if current is None:
             self._purposes.setdefault(e.subject, set()).add(e.purpose)
-            self.rows[key] = StateOf(e.index, e.action, e.policy_version, e.occurred_at, e.expires_at, 1)
-        elif (e.occurred_at, e.index) > (current.occurred_at, current.index):
-            self.rows[key] = StateOf(
-                e.index, e.action, e.policy_version, e.occurred_at, e.expires_at, current.entries + 1
-            )
+            self.rows[key] = (e.index, e.action, e.policy_version, e.occurred_at, e.expires_at, 1)
+        elif (e.occurred_at, e.index) > (current[3], current[0]):
+            self.rows[key] = (e.index, e.action, e.policy_version, e.occurred_at, e.expires_at, current[5] + 1)
         else:
-            self.rows[key] = current._replace(entries=current.entries + 1)
+            self.rows[key] = (*current[:5], current[5] + 1)
         return e.index
 
 
@@ -95,7 +98,7 @@ class Difference(NamedTuple):
 
 
 def differences(
-    expected: Mapping[tuple[str, str], StateOf], actual: Iterable[tuple[tuple[str, str], StateOf]]
+    expected: Mapping[tuple[str, str], Row], actual: Iterable[tuple[tuple[str, str], Row]]
 ) -> list[Difference]:
     """Every row where the table differs from the fold, in (subject, purpose) order."""
     found: list[Difference] = []
@@ -104,6 +107,10 @@ def differences(
         seen.add(key)
         want = expected.get(key)
         if want != row:
-            found.append(Difference(key[0], key[1], want, row))
-    found.extend(Difference(k[0], k[1], v, None) for k, v in expected.items() if k not in seen)
+            found.append(Difference(key[0], key[1], _state(want), _state(row)))
+    found.extend(Difference(k[0], k[1], StateOf(*v), None) for k, v in expected.items() if k not in seen)
     return sorted(found)
+
+
+def _state(row: Row | None) -> StateOf | None:
+    return None if row is None else StateOf(*row)

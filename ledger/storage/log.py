@@ -21,7 +21,7 @@ from typing import NamedTuple
 import asyncpg
 
 from ledger.core.entry import Entry, subject_for
-from ledger.core.fold import StateOf
+from ledger.core.fold import Row
 from ledger.core.note import Verifier
 from ledger.core.tree import NodeId
 from ledger.core.webhooks import Delivery, Subscription
@@ -292,19 +292,14 @@ class Snapshot:
             )
         return [bytes(r["entry"]) for r in rows]
 
-    async def state_rows(self) -> list[tuple[tuple[str, str], StateOf]]:
+    async def state_rows(self) -> list[tuple[tuple[str, str], Row]]:
+        """Every row of the state table, as (subject, purpose) and a Row (core/fold.py)."""
         with translated():
             rows = await self.conn.fetch(
                 """SELECT subject, purpose, idx, action, policy_version, occurred_at, expires_at, entries
                    FROM consent_state"""
             )
-        return [
-            (
-                (r["subject"], r["purpose"]),
-                StateOf(r["idx"], r["action"], r["policy_version"], r["occurred_at"], r["expires_at"], r["entries"]),
-            )
-            for r in rows
-        ]
+        return [((r[0], r[1]), (r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
 
 class LogStore:
