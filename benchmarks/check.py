@@ -23,7 +23,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -31,10 +30,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, percentile, progress, pyplot
-from ledger import embedded
+from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, embedded_database, percentile, progress, pyplot
 from ledger.storage import create_pool, open_stores
-from ledger.storage.migrations import migrate
 
 PURPOSES = ("pixverse_sharing", "cross_border_transfer", "telemetry")
 PACED_CONNECTIONS = 128
@@ -311,41 +308,34 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/check.py needs wrk: apt-get install wrk")
-    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        server, server_url = embedded.start(tmp / "data")
+    with embedded_database() as db:
+        env = {**db.env, "LEDGER_CACHE_SIZE": str(args.devices * 4)}
+        seeding = Served("granian", "ledger.app:create_app", env)
         try:
-            url = embedded.with_database(server_url, "postgres")
-            asyncio.run(migrate(url))
-            env = {
-                "LEDGER_DATABASE_URL": url,
-                "LEDGER_DATA_DIR": str(tmp / "data"),
-                "LEDGER_ADMIN_TOKEN": ADMIN,
-                "LEDGER_CACHE_SIZE": str(args.devices * 4),
-            }
-            seeding = Served("granian", "ledger.app:create_app", env)
-            try:
-                asyncio.run(seed(seeding.url, args.devices))
-            finally:
-                seeding.stop()
-            results: dict[str, Any] = {"seconds": args.seconds, "devices": args.devices, "servers": []}
-            for name in ("granian", "uvicorn"):
-                row = server_comparison(name, env, args.seconds, args.devices, tmp)
-                results["servers"].append(row)
-                print(
-                    f"{name:<8} bare {row['bare_rps']:>8,.0f}/s  check {row['check_rps']:>8,.0f}/s "
-                    f"({row['ratio']:.0%})  at {row['half_rate_achieved']:,.0f}/s: server p50 "
-                    f"<= {row['server_p50_ms']:.2f} ms p99 <= {row['server_p99_ms']:.2f} ms",
-                    flush=True,
-                )
-            fastest = max(results["servers"], key=lambda r: r["check_rps"])["server"]
-            results["fastest"] = fastest
-            results["batch_decisions_per_second"] = batch_rate(fastest, env, args.seconds, args.devices, tmp)
-            print(f"batch: {results['batch_decisions_per_second']:,.0f} decisions/s", flush=True)
-            results["propagation"] = propagation(fastest, env, args.propagation_rounds)
-            results["bytes_per_cached_decision"] = asyncio.run(memory_per_decision(url, min(args.devices, 20_000)))
+            asyncio.run(seed(seeding.url, args.devices))
         finally:
-            server.cleanup()
+            seeding.stop()
+        results: dict[str, Any] = {
+            "seconds": args.seconds,
+            "devices": args.devices,
+            "postgresql": db.postgresql,
+            "servers": [],
+        }
+        for name in ("granian", "uvicorn"):
+            row = server_comparison(name, env, args.seconds, args.devices, db.tmp)
+            results["servers"].append(row)
+            print(
+                f"{name:<8} bare {row['bare_rps']:>8,.0f}/s  check {row['check_rps']:>8,.0f}/s "
+                f"({row['ratio']:.0%})  at {row['half_rate_achieved']:,.0f}/s: server p50 "
+                f"<= {row['server_p50_ms']:.2f} ms p99 <= {row['server_p99_ms']:.2f} ms",
+                flush=True,
+            )
+        fastest = max(results["servers"], key=lambda r: r["check_rps"])["server"]
+        results["fastest"] = fastest
+        results["batch_decisions_per_second"] = batch_rate(fastest, env, args.seconds, args.devices, db.tmp)
+        print(f"batch: {results['batch_decisions_per_second']:,.0f} decisions/s", flush=True)
+        results["propagation"] = propagation(fastest, env, args.propagation_rounds)
+        results["bytes_per_cached_decision"] = asyncio.run(memory_per_decision(db.url, min(args.devices, 20_000)))
 
     prop = results["propagation"]
     print()

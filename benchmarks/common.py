@@ -1,11 +1,16 @@
 """What the benchmarks share: progress lines, percentiles, and a server process on a free port."""
 
+import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -82,3 +87,33 @@ async def durability(url: str) -> dict[str, str]:
         return {name: await conn.fetchval(f"SHOW {name}") for name in ("fsync", "synchronous_commit")}
     finally:
         await conn.close()
+
+
+class Embedded(NamedTuple):
+    """A migrated database on a fresh embedded PostgreSQL, and the settings a server needs for it."""
+
+    tmp: Path
+    server_url: str
+    url: str
+    env: dict[str, str]
+    postgresql: dict[str, str]
+
+
+@contextlib.contextmanager
+def embedded_database() -> Iterator[Embedded]:
+    """Start PostgreSQL in a temporary directory, migrate its `postgres` database, stop it after."""
+    from ledger import embedded
+    from ledger.storage.migrations import migrate
+
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        server, server_url = embedded.start(tmp / "data")
+        try:
+            url = embedded.with_database(server_url, "postgres")
+            asyncio.run(migrate(url))
+            settings = asyncio.run(durability(url))
+            print("PostgreSQL:", ", ".join(f"{k}={v}" for k, v in settings.items()), flush=True)
+            env = {"LEDGER_DATABASE_URL": url, "LEDGER_DATA_DIR": str(tmp / "data"), "LEDGER_ADMIN_TOKEN": ADMIN}
+            yield Embedded(tmp, server_url, url, env, settings)
+        finally:
+            server.cleanup()

@@ -19,12 +19,10 @@ Prints a table, writes benchmarks/results/propagation.json and draws propagation
 """
 
 import argparse
-import asyncio
 import http.client
 import json
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,9 +30,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 
-from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, durability, percentile, progress, pyplot
-from ledger import embedded
-from ledger.storage.migrations import migrate
+from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, embedded_database, percentile, progress, pyplot
 
 PURPOSE = "pixverse_sharing"
 
@@ -225,25 +221,14 @@ def main() -> None:
     parser.add_argument("--out", default="propagation", help="name of the results files")
     args = parser.parse_args()
     results = []
-    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        server, server_url = embedded.start(tmp / "data")
-        try:
-            url = embedded.with_database(server_url, "postgres")
-            asyncio.run(migrate(url))
-            settings = asyncio.run(durability(url))
-            print(
-                f"PostgreSQL: fsync={settings['fsync']}, synchronous_commit={settings['synchronous_commit']}",
-                flush=True,
-            )
-            env = {"LEDGER_DATABASE_URL": url, "LEDGER_DATA_DIR": str(tmp / "data"), "LEDGER_ADMIN_TOKEN": ADMIN}
-            if args.server_path:
-                env["PYTHONPATH"] = str(Path(args.server_path).resolve())
-            for writers in args.writers:
-                results.append(level_run(env, args.rounds, writers, tmp))
-                print(summary(results[-1]), flush=True)
-        finally:
-            server.cleanup()
+    with embedded_database() as db:
+        env = dict(db.env)
+        if args.server_path:
+            env["PYTHONPATH"] = str(Path(args.server_path).resolve())
+        for writers in args.writers:
+            results.append(level_run(env, args.rounds, writers, db.tmp))
+            print(summary(results[-1]), flush=True)
+        settings = db.postgresql
     print()
     print(
         "| writers | appends/s | stale on the acknowledging process | other replica refuses, upper bound p50 / p99 / "

@@ -12,10 +12,8 @@ Prints a table, writes benchmarks/results/reads.json and draws reads.png.
 """
 
 import argparse
-import asyncio
 import json
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,9 +21,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, durability, progress, pyplot
-from ledger import embedded
-from ledger.storage.migrations import migrate
+from benchmarks.common import HEADERS, RESULTS, Served, embedded_database, progress, pyplot
 
 PURPOSES = ("pixverse_sharing", "cross_border_transfer", "telemetry")
 
@@ -87,21 +83,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        server, server_url = embedded.start(tmp / "data")
+    with embedded_database() as db:
+        served = Served("granian", "ledger.app:create_app", db.env)
         try:
-            url = embedded.with_database(server_url, "postgres")
-            asyncio.run(migrate(url))
-            settings = asyncio.run(durability(url))
-            env = {"LEDGER_DATABASE_URL": url, "LEDGER_DATA_DIR": str(tmp / "data"), "LEDGER_ADMIN_TOKEN": ADMIN}
-            served = Served("granian", "ledger.app:create_app", env)
-            try:
-                results = measure(served.url, args.repeat)
-            finally:
-                served.stop()
+            results = measure(served.url, args.repeat)
         finally:
-            server.cleanup()
+            served.stop()
+        settings = db.postgresql
     history = results["history, 300 entries"] / results["history, 1 entry"]
     batch = results["at= batch, 1,000 pairs"] / results["at= batch, 10 pairs"]
     print("| read | median ms |")
