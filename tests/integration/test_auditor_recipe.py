@@ -14,7 +14,7 @@ README = Path(__file__).parents[2] / "README.md"
 
 
 def recipe() -> str:
-    match = re.search(r"<!-- auditor-recipe -->\n```sh\n(.*?)```", README.read_text(), re.DOTALL)
+    match = re.search(r"<!-- auditor-recipe -->\n```bash\n(.*?)```", README.read_text(), re.DOTALL)
     assert match, "README lost its auditor recipe"
     return match[1]
 
@@ -44,12 +44,16 @@ def test_the_recipe_verifies_a_good_bundle_and_rejects_a_bad_one(tmp_path: Path)
     result = run(good, SIGNER.verifier.vkey, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Signature Verified Successfully" in result.stdout
-    computed, signed = result.stdout.strip().splitlines()[-2:]
-    assert computed == signed
+    assert result.stdout.strip().splitlines()[-1] == "OK: the entries are the log the checkpoint signs"
 
     altered = write_bundle(tmp_path / "altered", [LEAVES[0].replace(b"withdraw", b"grant"), *LEAVES[1:]], HEAD)
-    computed, signed = run(altered, SIGNER.verifier.vkey, tmp_path).stdout.strip().splitlines()[-2:]
-    assert computed != signed
+    result = run(altered, SIGNER.verifier.vkey, tmp_path)
+    assert result.returncode != 0
+    assert "OK:" not in result.stdout
+    computed, signed = result.stdout.strip().splitlines()[-2:]
+    assert computed.split(": ", 1)[1] != signed.split(": ", 1)[1]
+    missing = write_bundle(tmp_path / "missing", LEAVES[:-1], HEAD)
+    assert run(missing, SIGNER.verifier.vkey, tmp_path).returncode != 0
 
     forged = write_bundle(tmp_path / "forged", LEAVES, HEAD.replace("\n40\n", "\n41\n", 1))
     assert run(forged, SIGNER.verifier.vkey, tmp_path).returncode != 0
