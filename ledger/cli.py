@@ -8,16 +8,19 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 from ledger import auth, embedded, keys, metrics_dir, server
+from ledger.core.entry import format_time
 from ledger.core.errors import LedgerError, VerificationError
 from ledger.core.note import Verifier
 from ledger.errors import ConfigError, NameTaken, StorageError
 from ledger.settings import Settings, load_registry, unknown_variables
 from ledger.storage import Stores, create_pool, migrations, open_stores
+from ledger.storage.tokens import TokenListing
 
 log = logging.getLogger("ledger")
 
@@ -189,6 +192,18 @@ def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     if not count:
         return fail(f"no active token named {args.name!r}", 1)
     print(f"revoked token {args.name!r}")
+    return 0
+
+
+def cmd_token_list(_: argparse.Namespace, settings: Settings) -> int:
+    async def listing(store: Stores) -> list[TokenListing]:
+        return await store.tokens.active()
+
+    with database(settings) as url:
+        tokens = asyncio.run(_with_store(url, listing))
+    for t in tokens:
+        print(f"{t.name}\t{','.join(t.scopes)}\t{format_time(t.created_at)}")
+    print(f"{len(tokens)} active token(s); tokens themselves are never stored, only their SHA-256", file=sys.stderr)
     return 0
 
 
@@ -388,6 +403,7 @@ def _token_name(text: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     top = Parser(prog="ledger", description="Consent Ledger: a signed, append-only consent log.")
+    top.add_argument("--version", action="version", version=f"ledger {version('consent-ledger')}")
     commands = top.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the HTTP service")
@@ -405,6 +421,9 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True, type=_token_name)
     create.add_argument("--scope", required=True, action="append", choices=auth.SCOPES)
     create.set_defaults(run=cmd_token_create)
+    token.add_parser("list", help="the active tokens: name, scopes, created (never the token)").set_defaults(
+        run=cmd_token_list
+    )
     revoke = token.add_parser("revoke", help="revoke the active token with this name")
     revoke.add_argument("name", type=_token_name)
     revoke.set_defaults(run=cmd_token_revoke)

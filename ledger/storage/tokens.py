@@ -1,6 +1,7 @@
 """API tokens, stored as their SHA-256."""
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import NamedTuple
 
 import asyncpg
@@ -14,6 +15,12 @@ class TokenRecord(NamedTuple):
     name: str
     scopes: list[str]
     token_hash: bytes
+
+
+class TokenListing(NamedTuple):
+    name: str
+    scopes: list[str]
+    created_at: datetime
 
 
 class TokenStore:
@@ -65,6 +72,14 @@ class TokenStore:
                 # Every server process drops its cached tokens when this commits.
                 await conn.execute("SELECT pg_notify($1, $2)", TOKEN_CHANNEL, name)
         return int(status.split()[-1])
+
+    async def active(self) -> list[TokenListing]:
+        """Every token not revoked, oldest first; never the token or its hash."""
+        with translated():
+            rows = await self.pool.fetch(
+                "SELECT name, scopes, created_at FROM api_tokens WHERE revoked_at IS NULL ORDER BY created_at, name"
+            )
+        return [TokenListing(r["name"], list(r["scopes"]), r["created_at"]) for r in rows]
 
     async def token(self, token_hash: bytes) -> TokenRecord | None:
         with translated():

@@ -89,3 +89,23 @@ def test_serve_on_the_embedded_server_keeps_key_and_log_across_restarts(tmp_path
         assert httpx.get(f"{base}/v1/log/entries?start=0", headers=headers).status_code == 200
     checkpoint = open_checkpoint(first_note, [Verifier.from_vkey(vkey)], origin="embedded.test/log")
     assert checkpoint.size == 0
+
+
+def test_token_list_names_active_tokens_and_never_a_token(database_url: str) -> None:
+    env = {"LEDGER_DATABASE_URL": database_url}
+    created = ledger("token", "create", "--name", "lister", "--scope", "audit:read", env=env)
+    token = created.stdout.strip().splitlines()[-1]
+    ledger("token", "create", "--name", "gone", "--scope", "admin", env=env)
+    ledger("token", "revoke", "gone", env=env)
+    listed = ledger("token", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    [row] = [line.split("\t") for line in listed.stdout.splitlines() if line.startswith("lister\t")]
+    assert row[1] == "audit:read"
+    assert "gone" not in listed.stdout
+    assert token not in listed.stdout + listed.stderr
+
+
+def test_version() -> None:
+    result = ledger("--version", env={})
+    assert result.returncode == 0
+    assert result.stdout.startswith("ledger 0.")
