@@ -213,6 +213,17 @@ def cmd_keygen(args: argparse.Namespace, settings: Settings) -> int:
         signer = keys.write_key_file(Path(args.out), name)
     except FileExistsError:
         raise ConfigError(f"{args.out} exists; refusing to overwrite a key") from None
+    if not os.environ.get("LEDGER_LOG_ORIGIN", "").strip():
+        print(
+            f"ledger: warning: LEDGER_LOG_ORIGIN is not set, so the key is named after the default origin "
+            f"{name!r}; servers with another origin would sign checkpoints whose key name differs from it",
+            file=sys.stderr,
+        )
+    elif name != settings.log_origin:
+        print(
+            f"ledger: warning: the key name {name!r} differs from the log origin {settings.log_origin!r}",
+            file=sys.stderr,
+        )
     print(f"wrote a new Ed25519 key named {name!r} to {args.out} (mode 0600); its verifier key:")
     print(signer.verifier.vkey)
     return 0

@@ -109,3 +109,15 @@ def test_version() -> None:
     result = ledger("--version", env={})
     assert result.returncode == 0
     assert result.stdout.startswith("ledger 0.")
+
+
+def test_keygen_warns_when_the_key_would_not_be_named_after_the_servers_origin(tmp_path: Path) -> None:
+    unset = ledger("keygen", "--out", str(tmp_path / "a.key"), env={})
+    assert unset.returncode == 0
+    assert "LEDGER_LOG_ORIGIN is not set" in unset.stderr
+    named = ledger("keygen", "--out", str(tmp_path / "b.key"), env={"LEDGER_LOG_ORIGIN": "x.example/log"})
+    assert "warning" not in named.stderr
+    other = ledger(
+        "keygen", "--out", str(tmp_path / "c.key"), env={"LEDGER_LOG_ORIGIN": "x.example/log", "LEDGER_KEY_NAME": "y"}
+    )
+    assert "differs from the log origin" in other.stderr
