@@ -76,7 +76,7 @@ async def test_a_receipt_proves_the_recorded_entry(client: httpx.AsyncClient) ->
     assert receipt["device_id"] == "phone-1"
     entry = parse_entry(receipt["leaf"].encode())
     assert receipt["entry"] == {k: v for k, v in receipt["entry"].items() if v is not None}
-    assert entry.index == receipt["index"] == 0
+    assert entry.index == receipt["index"] == 1  # entry 0 is the purpose registry
     assert entry.method == "explicit_popup"
     assert entry.actor == "user"
     assert "phone-1" not in receipt["leaf"]
@@ -186,7 +186,7 @@ async def test_concurrent_retries_append_once(client: httpx.AsyncClient, store: 
     )
     assert sorted(r.status_code for r in responses) == [200] * 11 + [201]
     assert len({r.content for r in responses}) == 1
-    assert await log_size(store) == 1
+    assert await log_size(store) == 2  # with the purpose registry at 0
 
 
 async def test_keys_are_scoped_to_the_token(client: httpx.AsyncClient, tokens: dict[str, str], store: Stores) -> None:
@@ -194,7 +194,7 @@ async def test_keys_are_scoped_to_the_token(client: httpx.AsyncClient, tokens: d
     a = await client.post("/v1/consents", json=consent("d6"), headers=headers)
     b = await client.post("/v1/consents", json=consent("d6"), headers={**headers, **bearer(tokens["consent:write"])})
     assert (a.status_code, b.status_code) == (201, 201)
-    assert await log_size(store) == 2
+    assert await log_size(store) == 3  # with the purpose registry at 0
 
 
 FUTURE = format_time(datetime.now(UTC) + timedelta(days=1))
