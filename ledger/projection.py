@@ -132,11 +132,12 @@ class Projection:
 
     async def start(self) -> None:
         # An empty cache reflects any log size: start at the head, nothing to replay. The
-        # registry is read first: a publish committed in between is then applied by the tail.
+        # registry is read after the size, so it holds every publish below it (one after it is
+        # applied again by the tail, which changes nothing).
+        self.applied = self.horizon = await self.log.log_size()
         latest = await self.log.latest_registry()
         if latest is not None:
             self._adopt(parse_registry_entry(latest[1]))
-        self.applied = self.horizon = await self.log.log_size()
         self.caught_up_at = time.monotonic()
         self._tasks = [
             asyncio.create_task(self._listen(), name="ledger-listen"),
