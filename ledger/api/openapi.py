@@ -157,8 +157,13 @@ def _parameter_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _add_schemas(components: dict[str, Any], models: list[Any]) -> None:
+    """Add msgspec's schemas of `models` (exactly what is accepted). A Struct that is both a body
+    and part of a response (the purpose registry: PUT /v1/purposes takes what GET answers) has a
+    component from Litestar already: msgspec's replaces it if it names the same properties (the
+    same Struct, described more precisely); two different Structs of one name are refused."""
     _, schemas = msgspec.json.schema_components(models, ref_template=REF)
     for name, schema in schemas.items():
-        if components.get(name, schema) != schema:
+        existing = components.get(name, schema)
+        if existing != schema and set(existing.get("properties", ())) != set(schema.get("properties", ())):
             raise ValueError(f"two different schemas are named {name} in the OpenAPI document")
         components[name] = schema
