@@ -56,19 +56,22 @@ class Checking:
         self.projection.hits += 1
         return decision
 
-    def check_pairs(self, pairs: Sequence[tuple[str, str]], registry: Registry | None = None) -> None:
-        for n, (device_id, purpose) in enumerate(pairs):
-            where = f"checks[{n}]: " if len(pairs) > 1 else ""
-            check_device(device_id, where)
-            if registry is not None:
-                check_purpose(registry, purpose, where)
+    @staticmethod
+    def check_devices(pairs: Sequence[tuple[str, str]]) -> None:
+        for n, (device_id, _) in enumerate(pairs):
+            check_device(device_id, f"checks[{n}]: " if len(pairs) > 1 else "")
+
+    @staticmethod
+    def check_purposes(pairs: Sequence[tuple[str, str]], registry: Registry) -> None:
+        for n, (_, purpose) in enumerate(pairs):
+            check_purpose(registry, purpose, f"checks[{n}]: " if len(pairs) > 1 else "")
 
     async def decide(
         self, pairs: Sequence[tuple[str, str]], consistency: str | None = None, at: str | None = None
     ) -> list[Decision]:
         # Purposes are checked against the registry the answer is given under: after waiting for
         # a token (which may cover a publish), or the one in force at `at`.
-        self.check_pairs(pairs)
+        self.check_devices(pairs)
         if at is not None:
             return await self._decide_at(pairs, format_time(request_time(at, "at")))
         if consistency is not None:
@@ -76,7 +79,7 @@ class Checking:
             if not await self.projection.wait_for(size, self.consistency_wait):
                 raise ConsistencyTimeout(f"this replica has not applied log size {size} yet")
         registry = self.projection.registry
-        self.check_pairs(pairs, registry)
+        self.check_purposes(pairs, registry)
         try:
             bases = await self.projection.lookup(pairs)
         except LogCorrupted as exc:
@@ -97,7 +100,7 @@ class Checking:
         # published is the best evidence there is of what was in force.
         then = in_force_at(versions, at=at) or (versions[0] if versions else None)
         registry = then.registry if then is not None else self.projection.registry
-        self.check_pairs(pairs, registry)
+        self.check_purposes(pairs, registry)
         stones = [self.tombstone(device_id) for device_id, _ in pairs]
         histories = await self.subjects.pair_histories(pairs, stones, tree.checkpoint.size)
         proven = await self.log.prove(tree, {i: d for h in histories for i, d in h.entries.items()})
