@@ -139,8 +139,8 @@ class DevicesController(Controller):
         consistency: Consistency = None,
         at: At = None,
     ) -> DeviceConsents:
-        """The device's decision for every purpose of the registry."""
-        purposes = list(ledger.registry.purposes)
+        """The device's decision for every purpose of the registry (in force then, with `at`)."""
+        purposes = list((await ledger.checking.registry_at(at)).purposes)
         decisions = await ledger.checking.decide([(device_id, p) for p in purposes], consistency, at)
         return DeviceConsents(device_id, {d.purpose: DecisionOut.of(device_id, d) for d in decisions})
 

@@ -90,16 +90,25 @@ class Checking:
         metrics.count_decisions(decisions)
         return decisions
 
+    async def registry_at(self, at: str | None) -> Registry:
+        """The registry answers are given under: in force now, or at the RFC 3339 time `at`."""
+        if at is None:
+            return self.projection.registry
+        return await self._registry_at(await self.log.head(), format_time(request_time(at, "at")))
+
+    async def _registry_at(self, tree: SignedTree, at: str) -> Registry:
+        versions = await self.versions(tree)
+        # Before the first registry entry (a log older than registry entries) the first one
+        # published is the best evidence there is of what was in force.
+        then = in_force_at(versions, at=at) or (versions[0] if versions else None)
+        return then.registry if then is not None else self.projection.registry
+
     async def _decide_at(self, pairs: Sequence[tuple[str, str]], at: str) -> list[Decision]:
         """As of `at`, from the log itself: the entries recorded by then decide, each proven
         against the signed tree first. An erased device is `erased` at any time: nothing links
         it to its old entries any more."""
         tree = await self.log.head()
-        versions = await self.versions(tree)
-        # Before the first registry entry (a log older than registry entries) the first one
-        # published is the best evidence there is of what was in force.
-        then = in_force_at(versions, at=at) or (versions[0] if versions else None)
-        registry = then.registry if then is not None else self.projection.registry
+        registry = await self._registry_at(tree, at)
         self.check_purposes(pairs, registry)
         stones = [self.tombstone(device_id) for device_id, _ in pairs]
         histories = await self.subjects.pair_histories(pairs, stones, tree.checkpoint.size)
