@@ -8,8 +8,8 @@ import msgspec
 
 from ledger.core.decision import Decision
 from ledger.core.entry import Actor, DeviceId, Entry, Evidence, Method, PolicyVersion, PurposeKey, whole
-from ledger.core.purposes import Controller, Purpose, PurposeRecord, Registry
-from ledger.core.registry import RegistryChanges, RegistryEntry
+from ledger.core.purposes import Controller, PurposeRecord, Registry
+from ledger.core.registry import LoggedPurpose, RegistryChanges, RegistryEntry
 from ledger.errors import InvalidRequest, UnprocessableRequest
 
 __all__ = [
@@ -265,12 +265,13 @@ class PersonalExport(msgspec.Struct, frozen=True):
 
 
 class RegistryInForce(msgspec.Struct, frozen=True):
-    """The registry decisions are made with now, and the log entry that published it."""
+    """The registry decisions are made with now, and the log entry that published it; every value
+    of a purpose spelled out, as in the entry."""
 
     index: int
     recorded_at: str | None
     controller: Controller
-    purposes: dict[str, Purpose]
+    purposes: dict[str, LoggedPurpose]
 
 
 class RegistryReceipt(msgspec.Struct, frozen=True):

@@ -12,7 +12,7 @@ import msgspec
 from ledger.appender import Appender, Unchanged
 from ledger.core.consistency import consistency_token
 from ledger.core.purposes import Registry
-from ledger.core.registry import Version, registry_changes, unlogged
+from ledger.core.registry import Version, logged, registry_changes, unlogged
 from ledger.errors import InvalidRequest, UnprocessableRequest
 from ledger.integrity import ProvenLog, ProvenRegistry, SignedTree
 from ledger.models import (
@@ -66,7 +66,8 @@ class RegistryService:
 
     def in_force(self) -> RegistryInForce:
         p = self.projection
-        return RegistryInForce(p.registry_index, p.registry_recorded_at, p.registry.controller, p.registry.purposes)
+        purposes = logged(p.registry).purposes
+        return RegistryInForce(p.registry_index, p.registry_recorded_at, p.registry.controller, purposes)
 
     async def publish(self, registry: Registry) -> tuple[RegistryReceipt, bool]:
         """Publish `registry`; its receipt and True, or, when it is the registry in force already,

@@ -252,6 +252,7 @@ async def test_an_appender_that_has_not_heard_of_a_publish_still_refuses_under_t
     """The early check of a replica that has not applied a publish yet is only a filter: the
     appender checks every grant against the log's registry under the log lock."""
     signer: Signer = read_key_file(key_file)
+    await store.log.register_key(signer.verifier)
     first, second = Appender(store.log, signer, ORIGIN), Appender(store.log, signer, ORIGIN)
     await first.start(seed=BUILT_IN)
     await second.start(seed=BUILT_IN)  # the log has a registry: nothing published twice
