@@ -135,6 +135,12 @@ async def test_reconsent_required_after_the_statement_changes(
     stricter.write_text(REGISTRY.replace("min_policy_version = 2", "min_policy_version = 3"))
     with running_server({**env, "LEDGER_PURPOSES": str(stricter)}) as url:
         async with httpx.AsyncClient(base_url=url, headers=ADMIN) as c:
+            # A restart with another file changes nothing (issue 10): the log's registry is in force ...
+            assert (await check(c, "d9", "telemetry"))["reason"] == "granted"
+            # ... until the new one is published.
+            toml = {"Content-Type": "application/toml"}
+            published = await c.put("/v1/purposes", content=stricter.read_bytes(), headers=toml)
+            assert published.status_code == 201, published.text
             decision = await check(c, "d9", "telemetry")
             assert (decision["allowed"], decision["reason"], decision["policy_version"]) == (
                 False,
