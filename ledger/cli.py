@@ -17,6 +17,7 @@ from ledger import auth, embedded, keys, metrics_dir, server
 from ledger.core.entry import format_time
 from ledger.core.errors import LedgerError, VerificationError
 from ledger.core.note import Verifier
+from ledger.core.registry import RegistryEntry
 from ledger.errors import ConfigError, NameTaken, StorageError
 from ledger.settings import Settings, load_registry, unknown_variables
 from ledger.storage import Stores, create_pool, migrations, open_stores
@@ -105,36 +106,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["LEDGER_SIGNING_KEY"] = str(settings.signing_key_path)
         server.check_address(args.host, args.port)  # taken while the database started?
         log.info("serving on http://%s:%d with %d worker(s)", args.host, args.port, workers)
-        reload_registry = registry_snapshot(settings)
-        reload_registry()
-        server.run("ledger.app:create_app", host=args.host, port=args.port, workers=workers, on_reload=reload_registry)
+        # The purpose registry is not reloaded on SIGHUP: it lives in the log and changes with
+        # `ledger purposes publish` (or PUT /v1/purposes), at one index for every replica.
+        server.run("ledger.app:create_app", host=args.host, port=args.port, workers=workers)
     return 0
-
-
-def registry_snapshot(settings: Settings) -> Callable[[], None]:
-    """Workers read the purpose registry from a snapshot this process writes after checking the
-    file named by LEDGER_PURPOSES, at start and on every SIGHUP. A file that does not parse is
-    reported and the registry in force stays: a typo must not take the service down."""
-    source = settings.purposes
-    snapshot = settings.data_dir / "purposes.in-force.toml"
-
-    def refresh() -> None:
-        if source is None:
-            return
-        try:
-            load_registry(source)
-            data = source.read_bytes()
-        except (ConfigError, OSError) as exc:
-            log.error("%s; keeping the purpose registry in force", exc)
-            return
-        snapshot.parent.mkdir(parents=True, exist_ok=True)
-        partial = snapshot.with_suffix(".partial")
-        partial.write_bytes(data)
-        partial.replace(snapshot)
-        os.environ["LEDGER_PURPOSES"] = str(snapshot)
-        log.info("purpose registry from %s in force", source)
-
-    return refresh
 
 
 def prepare_metrics_dir(settings: Settings) -> None:
@@ -354,9 +329,44 @@ def cmd_verify_receipt(args: argparse.Namespace, _: Settings) -> int:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
     for entry in found.entries:
-        print(f"OK: entry {entry.index} ({entry.action} {entry.purpose}, {entry.occurred_at}) is in the signed log")
+        if isinstance(entry, RegistryEntry):
+            purposes = ", ".join(sorted(entry.registry.purposes))
+            print(f"OK: entry {entry.index} (registry of {purposes}, {entry.recorded_at}) is in the signed log")
+        else:
+            print(f"OK: entry {entry.index} ({entry.action} {entry.purpose}, {entry.occurred_at}) is in the signed log")
     if found.bound:
         print(f"OK: the salt shows these {len(found.entries)} entries are those of device {found.device_id}")
+    return 0
+
+
+def cmd_purposes_publish(args: argparse.Namespace, settings: Settings) -> int:
+    """Publish a registry file into the log: checked first (nothing is appended if it does not
+    parse), then appended as a registry entry under the log lock, unless it is the one in force."""
+    from ledger.appender import Appender, Unchanged
+    from ledger.core.consistency import consistency_token
+
+    registry = load_registry(Path(args.file), what="")
+    signer = keys.load_signer(settings)
+
+    async def publish(store: Stores) -> tuple[str, int, int]:
+        await store.log.register_key(signer.verifier)
+        appender = Appender(store.log, signer, settings.log_origin)
+        await appender.start()
+        try:
+            outcome = await appender.publish(registry)
+        finally:
+            await appender.stop()
+        if isinstance(outcome, Unchanged):
+            return "unchanged", outcome.entry_index, outcome.tree_size
+        return "published", outcome.entry.index, outcome.tree_size
+
+    with database(settings) as url:
+        what, index, size = asyncio.run(_with_store(url, publish))
+    if what == "unchanged":
+        print(f"{args.file} is the registry in force (log entry {index}): nothing appended")
+    else:
+        print(f"published {args.file} as log entry {index}; every replica decides with it from that index on")
+    print(consistency_token(size))
     return 0
 
 
@@ -461,6 +471,13 @@ def parser() -> argparse.ArgumentParser:
         "verify-state", help="refold the signed log and compare the projection's state table; exit 1 on a difference"
     )
     state.set_defaults(run=cmd_verify_state)
+
+    purposes = commands.add_parser("purposes", help="the purpose registry").add_subparsers(dest="action", required=True)
+    publish = purposes.add_parser(
+        "publish", help="publish a registry file into the log; prints its index, and the consistency token last"
+    )
+    publish.add_argument("file", help="a TOML registry (the LEDGER_PURPOSES format)")
+    publish.set_defaults(run=cmd_purposes_publish)
 
     receipt = commands.add_parser("verify-receipt", help="verify one receipt offline")
     receipt.add_argument("receipt")

@@ -5,13 +5,15 @@ one place: the appender hands each committed batch to this process's projection 
 else, so no receipt goes out before the answers of this process reflect it.
 """
 
+import logging
 from collections.abc import Callable
 from typing import Self
 
-from ledger import auth
+from ledger import auth, metrics
 from ledger.appender import Appender
 from ledger.core.note import Signer, Verifier
 from ledger.core.purposes import Registry
+from ledger.core.registry import same_registry
 from ledger.integrity import Integrity, ProvenLog
 from ledger.projection import Projection
 from ledger.services.access import Access
@@ -20,14 +22,16 @@ from ledger.services.checking import Checking
 from ledger.services.erasure import Erasure, tombstone_hasher
 from ledger.services.position import Position
 from ledger.services.recording import Recording
+from ledger.services.registry import RegistryService
 from ledger.services.webhook_admin import WebhookAdmin
 from ledger.settings import Settings
 from ledger.storage import Stores, create_pool, migrations, open_stores
 from ledger.webhooks import Dispatcher, webhook_key
 
-__all__ = ["ADMIN_TOKEN_NAME", "Services"]
+__all__ = ["ADMIN_TOKEN_NAME", "Services", "report_drift"]
 
 ADMIN_TOKEN_NAME = "LEDGER_ADMIN_TOKEN"
+log = logging.getLogger("ledger.registry")
 
 
 class Services:
@@ -47,27 +51,42 @@ class Services:
         self.appender = appender
         self.projection = projection
         self.dispatcher = dispatcher
-        registry = settings.registry
         tombstone: Callable[[str], bytes] = tombstone_hasher(settings.tombstone_key, signer)
         self.integrity = Integrity()
         proven = ProvenLog(stores.log, [signer.verifier], self.integrity)
         self.position = Position(lambda: projection.applied, lambda: appender.tree_size or 0)
         self.access = Access(stores.tokens)
-        self.recording = Recording(registry, appender, proven, projection, self.position)
+        self.registries = RegistryService(appender, projection, stores.log, proven, self.position)
+        self.recording = Recording(appender, proven, projection, self.position)
         self.checking = Checking(
-            registry, projection, stores.subjects, proven, self.integrity, tombstone, settings.consistency_wait_ms
+            self.registries.versions,
+            projection,
+            stores.subjects,
+            proven,
+            self.integrity,
+            tombstone,
+            settings.consistency_wait_ms,
         )
         webhook_verifier = Verifier(f"{signer.name}/webhooks", bytes(webhook_key(signer).verify_key))
         self.auditing = Auditing(
-            registry, stores.log, stores.subjects, proven, [signer.verifier, webhook_verifier], self.position
+            lambda: projection.registry,
+            self.registries.versions,
+            stores.log,
+            stores.subjects,
+            proven,
+            [signer.verifier, webhook_verifier],
+            self.position,
         )
         self.erasure = Erasure(appender, tombstone, self.position)
-        self.webhooks = WebhookAdmin(registry, stores.outbox, dispatcher, settings.webhook_allow_private)
+        self.webhooks = WebhookAdmin(
+            lambda: projection.registry, stores.outbox, dispatcher, settings.webhook_allow_private
+        )
         projection.token_listeners.append(self.access.forget)
 
     @property
     def registry(self) -> Registry:
-        return self.settings.registry
+        """The registry in force, as this process has applied it from the log."""
+        return self.projection.registry
 
     @classmethod
     async def open(cls, settings: Settings, database_url: str, signer: Signer) -> Self:
@@ -78,7 +97,9 @@ class Services:
             if settings.admin_token:
                 await stores.tokens.ensure_token(ADMIN_TOKEN_NAME, auth.token_hash(settings.admin_token), ["admin"])
             appender = Appender(stores.log, signer, settings.log_origin)
-            await appender.start()
+            # LEDGER_PURPOSES (or the built-in registry) seeds a log that has none; afterwards
+            # the log's registry is in force, whatever this process was started with.
+            await appender.start(seed=settings.registry)
             projection = Projection(
                 stores.log,
                 stores.subjects,
@@ -86,8 +107,10 @@ class Services:
                 cache_size=settings.cache_size,
                 max_staleness_ms=settings.max_staleness_ms,
                 tombstone=tombstone_hasher(settings.tombstone_key, signer),
+                registry=settings.registry,
             )
             await projection.start()
+            report_drift(settings, projection.registry, projection.registry_index)
             key = webhook_key(signer)
             await stores.log.register_key(Verifier(f"{signer.name}/webhooks", bytes(key.verify_key)))
             dispatcher = Dispatcher(stores.outbox, key, allow_private=settings.webhook_allow_private)
@@ -116,3 +139,18 @@ class Services:
         except Exception:
             return False
         return self.integrity.intact and self.appender.running and self.projection.fresh()
+
+
+def report_drift(settings: Settings, in_force: Registry, index: int) -> None:
+    """A LEDGER_PURPOSES file that differs from the log's registry is not applied (that would
+    roll a published change back on every restart from an old ConfigMap): say so once, and
+    expose it as a gauge an alert can watch."""
+    drifted = settings.purposes is not None and not same_registry(settings.registry, in_force)
+    metrics.REGISTRY_DRIFT.set(1 if drifted else 0)
+    if drifted:
+        log.warning(
+            "LEDGER_PURPOSES=%s differs from the registry in force (log entry %d), which stays in force; "
+            "publish it with `ledger purposes publish` to change the registry",
+            settings.purposes,
+            index,
+        )

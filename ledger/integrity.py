@@ -22,11 +22,12 @@ from ledger.core.entry import Entry, parse_entry
 from ledger.core.errors import EntryError, NoteError, ProofError
 from ledger.core.note import Verifier
 from ledger.core.proof import InclusionVerifier, ManyProofs, leaves_nodes, verify_leaves
+from ledger.core.registry import RegistryEntry, parse_registry_entry
 from ledger.core.rfc6962 import leaf_hash
 from ledger.errors import LogCorrupted, StorageError
 from ledger.services.stores import LogReads
 
-__all__ = ["OPENED_NOTES", "Integrity", "Proven", "ProvenLog", "SignedTree", "log"]
+__all__ = ["OPENED_NOTES", "Integrity", "Proven", "ProvenLog", "ProvenRegistry", "SignedTree", "log"]
 
 log = logging.getLogger("ledger.integrity")
 OPENED_NOTES = 256
@@ -69,6 +70,15 @@ class Proven(NamedTuple):
         return Sealed(self.entry, self.leaf, self.leaf_hash, self.proof, tree.note, tree.checkpoint.size)
 
 
+class ProvenRegistry(NamedTuple):
+    """A registry entry shown to be at its index in a signed tree."""
+
+    entry: RegistryEntry
+    leaf: bytes
+    leaf_hash: bytes
+    proof: list[bytes]
+
+
 class ProvenLog:
     def __init__(self, log: LogReads, verifiers: list[Verifier], integrity: Integrity) -> None:
         self.store = log
@@ -107,7 +117,35 @@ class ProvenLog:
         return self.open(note, size)
 
     async def prove(self, tree: SignedTree, entries: Mapping[int, bytes]) -> dict[int, Proven]:
-        """Each entry (index -> stored bytes) proven in `tree`, from one fetch of stored nodes."""
+        """Each consent entry (index -> stored bytes) proven in `tree`, from one fetch of stored nodes."""
+        proven: dict[int, Proven] = {}
+        for index, (data, hashed, proof) in (await self._proofs(tree, entries)).items():
+            try:
+                entry = parse_entry(data)
+            except EntryError:
+                raise self._corrupted(f"entry {index} as stored is not a consent entry", "entry") from None
+            if entry.index != index:
+                raise self._corrupted(f"the entry stored at index {index} says it is {entry.index}", "entry")
+            proven[index] = Proven(entry, data, hashed, proof)
+        return proven
+
+    async def prove_registries(self, tree: SignedTree, entries: Mapping[int, bytes]) -> dict[int, ProvenRegistry]:
+        """Each registry entry (index -> stored bytes) proven in `tree`."""
+        proven: dict[int, ProvenRegistry] = {}
+        for index, (data, hashed, proof) in (await self._proofs(tree, entries)).items():
+            try:
+                entry = parse_registry_entry(data)
+            except EntryError:
+                raise self._corrupted(f"entry {index} as stored is not a registry entry", "entry") from None
+            if entry.index != index:
+                raise self._corrupted(f"the entry stored at index {index} says it is {entry.index}", "entry")
+            proven[index] = ProvenRegistry(entry, data, hashed, proof)
+        return proven
+
+    async def _proofs(
+        self, tree: SignedTree, entries: Mapping[int, bytes]
+    ) -> dict[int, tuple[bytes, bytes, list[bytes]]]:
+        """Each entry's bytes, leaf hash and inclusion proof, the proof checked against the signed root."""
         indexes = sorted(entries)
         if not indexes:
             return {}
@@ -120,21 +158,18 @@ class ProvenLog:
         except LogCorrupted as exc:
             raise self._corrupted(str(exc), "nodes") from None
         verifier = InclusionVerifier(size, root)
-        proven: dict[int, Proven] = {}
+        found: dict[int, tuple[bytes, bytes, list[bytes]]] = {}
         for index, proof in zip(indexes, many.proofs(nodes), strict=True):
             data = entries[index]
             hashed = leaf_hash(data)
             try:
                 verifier.verify(index, hashed, proof)
-                entry = parse_entry(data)
-            except (ProofError, EntryError):
+            except ProofError:
                 raise self._corrupted(
                     f"entry {index} as stored does not match the signed tree of size {size}", "entry"
                 ) from None
-            if entry.index != index:
-                raise self._corrupted(f"the entry stored at index {index} says it is {entry.index}", "entry")
-            proven[index] = Proven(entry, data, hashed, proof)
-        return proven
+            found[index] = (data, hashed, proof)
+        return found
 
     async def verify(self, tree: SignedTree, entries: Mapping[int, bytes]) -> dict[int, Entry]:
         """Each entry (index -> stored bytes) shown to be in `tree`, without building a proof per

@@ -72,6 +72,14 @@ IMPOSSIBLE_STATE_ROWS = Counter(
     "ledger_projection_impossible_rows_total",
     "State rows refused because the log entry they name does not say what they say.",
 )
+REGISTRY_INDEX = Gauge(
+    "ledger_registry_index", "Index of the registry entry each worker decides with.", multiprocess_mode="liveall"
+)
+REGISTRY_DRIFT = Gauge(
+    "ledger_registry_drift",
+    "1 if LEDGER_PURPOSES differs from the registry in force in the log (which is kept), else 0.",
+    multiprocess_mode="livemax",
+)
 CACHE_ENTRIES = Gauge("ledger_cache_entries", "Entries held in the decision caches.", multiprocess_mode="livesum")
 CACHE_LOOKUPS = Counter("ledger_cache_lookups_total", "Cache lookups, by result (hit or miss).", ["result"])
 for _result in ("hit", "miss"):

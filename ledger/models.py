@@ -8,7 +8,8 @@ import msgspec
 
 from ledger.core.decision import Decision
 from ledger.core.entry import Actor, DeviceId, Entry, Evidence, Method, PolicyVersion, PurposeKey, whole
-from ledger.core.purposes import PurposeRecord
+from ledger.core.purposes import Controller, PurposeRecord, Registry
+from ledger.core.registry import LoggedPurpose, RegistryChanges, RegistryEntry
 from ledger.errors import InvalidRequest, UnprocessableRequest
 
 __all__ = [
@@ -25,10 +26,15 @@ __all__ = [
     "DeliveryOut",
     "DeviceConsents",
     "DeviceHistory",
+    "GrantShown",
     "IdempotencyKey",
     "PersonalExport",
     "Receipt",
     "RecordOfProcessing",
+    "RegistryHistory",
+    "RegistryInForce",
+    "RegistryReceipt",
+    "RegistryVersion",
     "SecretRotated",
     "T",
     "TimeText",
@@ -41,6 +47,7 @@ __all__ = [
     "consent_decoder",
     "decode_body",
     "refuse_duplicate_keys",
+    "registry_decoder",
     "webhook_decoder",
 ]
 
@@ -158,12 +165,12 @@ consent_decoder = msgspec.json.Decoder(ConsentIn)
 checks_decoder = msgspec.json.Decoder(ChecksIn)
 
 
-WebhookEvent = Literal["consent.withdrawn", "consent.granted", "log.checkpoint", "subject.erased"]
+WebhookEvent = Literal["consent.withdrawn", "consent.granted", "log.checkpoint", "subject.erased", "registry.published"]
 
 
 class WebhookIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
-    events: Annotated[list[WebhookEvent], msgspec.Meta(min_length=1, max_length=4)]
+    events: Annotated[list[WebhookEvent], msgspec.Meta(min_length=1, max_length=5)]
     purposes: list[PurposeKey] | None = None
     description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
@@ -236,12 +243,61 @@ class ConsentRecord(msgspec.Struct, frozen=True):
     collection_method: str | None
 
 
+class GrantShown(msgspec.Struct, frozen=True):
+    """What the person was shown when they granted: the purpose as the registry in force at the
+    grant's append described it (the latest registry entry before it)."""
+
+    index: int
+    purpose: str
+    policy_version: int
+    registry_index: int | None
+    registry_recorded_at: str | None
+    record: PurposeRecord | None
+
+
 class PersonalExport(msgspec.Struct, frozen=True):
     device_id: str
     subject: str
     salt: str
     entries: list[Receipt]
     purposes: dict[str, ConsentRecord]
+    grants: list[GrantShown] = msgspec.field(default_factory=list)
+
+
+class RegistryInForce(msgspec.Struct, frozen=True):
+    """The registry decisions are made with now, and the log entry that published it; every value
+    of a purpose spelled out, as in the entry."""
+
+    index: int
+    recorded_at: str | None
+    controller: Controller
+    purposes: dict[str, LoggedPurpose]
+
+
+class RegistryReceipt(msgspec.Struct, frozen=True):
+    """A published registry's receipt: it verifies with `ledger verify-receipt` like a consent's."""
+
+    index: int
+    entry: RegistryEntry
+    leaf: str
+    leaf_hash: str
+    checkpoint: str
+    inclusion_proof: list[str]
+    consistency_token: str
+
+
+class RegistryVersion(msgspec.Struct, frozen=True):
+    index: int
+    recorded_at: str
+    changes: RegistryChanges
+    registry: Registry
+
+
+class RegistryHistory(msgspec.Struct, frozen=True):
+    versions: list[RegistryVersion]
+
+
+registry_decoder = msgspec.json.Decoder(Registry)
 
 
 class RecordOfProcessing(msgspec.Struct, frozen=True):

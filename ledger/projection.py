@@ -29,6 +29,12 @@ entry is a maximum (`Basis.supersedes`) and dropping a key only costs a miss:
 A miss also checks the state row against the log entry it points at: a row that names an entry
 of another subject, purpose or action cannot have been written by the ledger, and is refused
 (`ImpossibleState`) instead of answered.
+
+The projection also holds the purpose registry in force: read from the log at start, then
+switched at the index of each registry entry by the same three paths (this process's own
+publish, before its receipt goes out; the tailer, in index order; a commit notice only rings the
+tailer at once). Registry entries change no cached state: decisions apply the registry when
+they are made, so switching it needs no invalidation.
 """
 
 import asyncio
@@ -44,7 +50,9 @@ from ledger.core.batch import Committed
 from ledger.core.decision import ERASED, Basis
 from ledger.core.entry import Entry, parse_entry
 from ledger.core.errors import EntryError
-from ledger.core.notice import decode_notice, is_erasure
+from ledger.core.notice import decode_notice, is_erasure, is_registry
+from ledger.core.purposes import BUILT_IN, Registry
+from ledger.core.registry import RegistryEntry, is_registry_entry, parse_registry_entry, unlogged
 from ledger.errors import ImpossibleState, Stale
 from ledger.storage import notifications
 from ledger.storage.log import LogStore
@@ -92,8 +100,14 @@ class Projection:
         poll_interval: float | None = None,
         on_tokens_changed: "list[object] | None" = None,
         tombstone: Callable[[str], bytes] | None = None,
+        registry: Registry = BUILT_IN,
     ) -> None:
         self.log = log
+        # The registry in force, and its entry (index -1 and no time: none read from the log yet).
+        self.registry = registry
+        self.registry_index = -1
+        self.registry_recorded_at: str | None = None
+        self.registry_listeners: list[Callable[[RegistryEntry], None]] = []
         self.subjects = subjects
         self.tombstone = tombstone
         self.url = database_url
@@ -117,8 +131,13 @@ class Projection:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # An empty cache reflects any log size: start at the head, nothing to replay.
+        # An empty cache reflects any log size: start at the head, nothing to replay. The
+        # registry is read after the size, so it holds every publish below it (one after it is
+        # applied again by the tail, which changes nothing).
         self.applied = self.horizon = await self.log.log_size()
+        latest = await self.log.latest_registry()
+        if latest is not None:
+            self._adopt(parse_registry_entry(latest[1]))
         self.caught_up_at = time.monotonic()
         self._tasks = [
             asyncio.create_task(self._listen(), name="ledger-listen"),
@@ -219,6 +238,8 @@ class Projection:
         Synchronous on purpose: between COMMIT returning and the callers being woken there is
         no await, so no check in this process can run in between."""
         self.horizon = max(self.horizon, batch.size)
+        if batch.registry is not None:
+            self._adopt(batch.registry)
         try:
             for entry, device_id in batch.entries:
                 if entry.action == "erase":
@@ -244,6 +265,8 @@ class Projection:
         notice = decode_notice(payload)
         if notice is not None and notice.size > self.applied:
             for key in notice.keys:
+                if is_registry(key):
+                    continue  # the doorbell below has the tailer read and apply it now
                 if is_erasure(key):
                     self._forget(key.subject)
                 else:
@@ -315,7 +338,21 @@ class Projection:
         for device in [d for d, s in self._subjects.items() if s == subject]:
             del self._subjects[device]
 
+    def _adopt(self, entry: RegistryEntry) -> None:
+        """Switch to a registry entry's registry, never back to an older one."""
+        if entry.index <= self.registry_index:
+            return
+        self.registry = unlogged(entry.registry)
+        self.registry_index = entry.index
+        self.registry_recorded_at = entry.recorded_at
+        metrics.REGISTRY_INDEX.set(entry.index)
+        for listener in self.registry_listeners:
+            listener(entry)
+
     def _apply(self, idx: int, data: bytes, device_id: str | None) -> None:
+        if is_registry_entry(data):
+            self._adopt(parse_registry_entry(data))
+            return
         entry = parse_entry(data)
         if entry.action == "erase":
             self._forget(entry.subject)

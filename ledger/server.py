@@ -7,7 +7,6 @@ benchmarks/check.py (see README); the other stays available for that comparison.
 import errno
 import socket
 import sys
-from collections.abc import Callable
 from typing import Literal
 
 from ledger.errors import ConfigError
@@ -42,12 +41,10 @@ def run(
     port: int,
     workers: int,
     server: Server = DEFAULT,
-    on_reload: Callable[[], None] | None = None,
 ) -> None:
-    """Serve the app factory `target` ("module:function") until SIGINT or SIGTERM.
-
-    Under granian, SIGHUP starts new workers one at a time and stops each old one only after its
-    replacement runs (no downtime); `on_reload` runs in this process first."""
+    """Serve the app factory `target` ("module:function") until SIGINT or SIGTERM. Under
+    granian, SIGHUP still replaces the workers one at a time (no downtime); it no longer reloads
+    the purpose registry, which is published into the log instead."""
     if server == "granian":
         from granian import Granian
         from granian.constants import Interfaces, Loops
@@ -62,8 +59,6 @@ def run(
             loop=Loops.uvloop,
             log_access=False,
         )
-        if on_reload is not None:
-            granian.on_reload(on_reload)
         granian.serve()
     else:
         import uvicorn

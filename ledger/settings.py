@@ -160,13 +160,14 @@ def parse(env: Mapping[str, str]) -> Settings:
     )
 
 
-def load_registry(path: Path) -> Registry:
+def load_registry(path: Path, what: str = "LEDGER_PURPOSES=") -> Registry:
+    """A registry file, or a ConfigError naming it (after `what`) and the offending field."""
     try:
         return parse_registry(path.read_bytes())
     except OSError as exc:
-        raise ConfigError(f"LEDGER_PURPOSES={path}: {exc.strerror}") from None
+        raise ConfigError(f"{what}{path}: {exc.strerror}") from None
     except msgspec.MsgspecError as exc:
-        raise ConfigError(f"LEDGER_PURPOSES={path}: {exc}") from None
+        raise ConfigError(f"{what}{path}: {exc}") from None
 
 
 def unknown_variables(env: Mapping[str, str]) -> list[str]:

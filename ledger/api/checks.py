@@ -3,7 +3,7 @@
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get, post, put
 from litestar.exceptions import NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter, QueryParameter
@@ -12,7 +12,7 @@ from ledger import metrics
 from ledger.api.deps import LedgerDep
 from ledger.api.guards import authorized_in_memory, require
 from ledger.api.openapi import scope
-from ledger.api.strict import json_only, query_pairs
+from ledger.api.strict import TOML, is_json, json_only, json_or_toml, query_pairs
 from ledger.composition import Services
 from ledger.core.entry import DEVICE_ID_PATTERN, PURPOSE_PATTERN, whole
 from ledger.core.purposes import Registry, purpose_record, records_csv
@@ -25,11 +25,16 @@ from ledger.models import (
     PersonalExport,
     Receipt,
     RecordOfProcessing,
+    RegistryHistory,
+    RegistryInForce,
+    RegistryReceipt,
     checks_decoder,
     decode_body,
 )
+from ledger.services.registry import decode_registry
 
 MAX_CHECKS_BODY = 256 * 1024
+MAX_REGISTRY_BODY = 1024 * 1024
 _encode = msgspec.json.Encoder().encode
 # Documented, not enforced by Litestar (which would answer 400): the service answers 422, as the
 # contract says, for a malformed device_id or an unknown purpose.
@@ -133,8 +138,8 @@ class DevicesController(Controller):
         consistency: Consistency = None,
         at: At = None,
     ) -> DeviceConsents:
-        """The device's decision for every purpose of the registry."""
-        purposes = list(ledger.registry.purposes)
+        """The device's decision for every purpose of the registry (in force then, with `at`)."""
+        purposes = list((await ledger.checking.registry_at(at)).purposes)
         decisions = await ledger.checking.decide([(device_id, p) for p in purposes], consistency, at)
         return DeviceConsents(device_id, {d.purpose: DecisionOut.of(device_id, d) for d in decisions})
 
@@ -161,9 +166,34 @@ class PurposesController(Controller):
     path = "/v1/purposes"
 
     @get("/", guards=[require("consent:check")], security=scope("consent:check"))
-    async def purposes(self, ledger: LedgerDep) -> Registry:
-        """The purpose registry in force."""
-        return ledger.registry
+    async def purposes(self, ledger: LedgerDep) -> RegistryInForce:
+        """The purpose registry in force, with the index and time of the log entry that published it."""
+        return ledger.registries.in_force()
+
+    @put(
+        "/",
+        guards=[require("admin"), json_or_toml],
+        security=scope("admin"),
+        request_max_body_size=MAX_REGISTRY_BODY,
+        status_code=201,
+        opt={"body": Registry, "also_body": {TOML: {"type": "string"}}, "problems": (422,)},
+        responses={200: ResponseSpec(RegistryReceipt, description="Equal to the registry in force: nothing appended")},
+    )
+    async def publish(self, request: Request[Any, Any, Any], ledger: LedgerDep) -> Response[RegistryReceipt]:
+        """Publish a purpose registry into the log (TOML as in LEDGER_PURPOSES, or the same as JSON).
+
+        From the entry's index on, every replica decides with it and refuses grants below its
+        minimum policy versions. 201 with the entry's receipt; 200 with the receipt of the
+        registry in force, and nothing appended, when it is equal to it."""
+        toml = not is_json(request.headers.get("content-type", ""))
+        registry = decode_registry(await request.body(), toml)
+        receipt, created = await ledger.registries.publish(registry)
+        return Response(receipt, status_code=201 if created else 200)
+
+    @get("/history", guards=[require("audit:read")], security=scope("audit:read"))
+    async def history(self, ledger: LedgerDep) -> RegistryHistory:
+        """Every published registry, oldest first, with what each changed; each read from the log and proven."""
+        return await ledger.registries.history()
 
     @get(
         "/record",
@@ -174,7 +204,8 @@ class PurposesController(Controller):
     )
     async def record(self, request: Request[Any, Any, Any], ledger: LedgerDep) -> Response[Any]:
         """The registry as a record of processing: JSON, or CSV when the client asks for it."""
-        records = [purpose_record(k, p, ledger.registry.controller) for k, p in ledger.registry.purposes.items()]
+        registry = ledger.registry
+        records = [purpose_record(k, p, registry.controller) for k, p in registry.purposes.items()]
         if "text/csv" in request.headers.get("accept", ""):
             return Response(
                 records_csv(records),

@@ -42,7 +42,8 @@ WHY = {
     404: "Not found.",
     409: "The Idempotency-Key was used with another body.",
     413: "The body is larger than this endpoint takes.",
-    415: "The body is not sent as Content-Type: application/json (UTF-8).",
+    415: "The body is not sent as Content-Type: application/json (UTF-8); PUT /v1/purposes also takes "
+    "application/toml.",
     422: "Well-formed, but not something the ledger can take: a malformed device_id or time, an unknown "
     "purpose, a value out of range.",
     503: "The database is unavailable, or this replica cannot answer fresh enough; retry after Retry-After.",
@@ -112,7 +113,10 @@ def _finish_operation(operation: dict[str, Any], path: str, opt: dict[str, Any],
         _add_schemas(components, [body])
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": {"$ref": REF.format(name=body.__name__)}}},
+            "content": {
+                "application/json": {"schema": {"$ref": REF.format(name=body.__name__)}},
+                **{media_type: {"schema": schema} for media_type, schema in opt.get("also_body", {}).items()},
+            },
         }
         problems |= {413, 415, 422}
     scopes = [s for requirement in operation.get("security", []) for s in requirement.get(BEARER, [])]
@@ -153,8 +157,13 @@ def _parameter_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _add_schemas(components: dict[str, Any], models: list[Any]) -> None:
+    """Add msgspec's schemas of `models` (exactly what is accepted). A Struct that is both a body
+    and part of a response (the purpose registry: PUT /v1/purposes takes what GET answers) has a
+    component from Litestar already: msgspec's replaces it if it names the same properties (the
+    same Struct, described more precisely); two different Structs of one name are refused."""
     _, schemas = msgspec.json.schema_components(models, ref_template=REF)
     for name, schema in schemas.items():
-        if components.get(name, schema) != schema:
+        existing = components.get(name, schema)
+        if existing != schema and set(existing.get("properties", ())) != set(schema.get("properties", ())):
             raise ValueError(f"two different schemas are named {name} in the OpenAPI document")
         components[name] = schema

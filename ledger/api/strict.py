@@ -38,6 +38,16 @@ class UnsupportedMediaType(HTTPException):
     status_code = 415
 
 
+TOML = "application/toml"
+
+
+async def json_or_toml(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of an endpoint that reads its body as JSON or as TOML (UTF-8 both)."""
+    values = connection.headers.getall("content-type", [])
+    if len(values) != 1 or not (is_json(values[0]) or is_json(values[0], TOML)):
+        raise UnsupportedMediaType(f"the body must be sent with Content-Type: {JSON} or {TOML} (UTF-8)")
+
+
 async def json_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard of every endpoint that reads a JSON body."""
     values = connection.headers.getall("content-type", [])
@@ -45,9 +55,10 @@ async def json_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRoute
         raise UnsupportedMediaType(f"the body must be sent with Content-Type: {JSON} (UTF-8)")
 
 
-def is_json(content_type: str) -> bool:
+def is_json(content_type: str, expected: str = JSON) -> bool:
+    """Whether the Content-Type is `expected` (JSON by default), in UTF-8 if a charset is named."""
     media_type, *parameters = content_type.split(";")
-    if media_type.strip().lower() != JSON:
+    if media_type.strip().lower() != expected:
         return False
     for parameter in parameters:
         name, _, value = parameter.partition("=")

@@ -12,10 +12,21 @@ from ledger.core.checkpoint import Checkpoint, sign_checkpoint
 from ledger.core.entry import Action, Actor, Entry, Evidence, Method, entry_bytes
 from ledger.core.note import Signer
 from ledger.core.proof import inclusion_proof
+from ledger.core.purposes import Registry
+from ledger.core.registry import RegistryEntry, registry_entry, registry_entry_bytes
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import CompactRange, NodeId
 
-__all__ = ["Committed", "Draft", "Sealed", "SealedBatch", "latest_per_key", "seal_batch"]
+__all__ = [
+    "Committed",
+    "Draft",
+    "Sealed",
+    "SealedBatch",
+    "SealedRegistry",
+    "latest_per_key",
+    "seal_batch",
+    "seal_registry",
+]
 
 
 class Draft(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,12 +63,28 @@ class SealedBatch(NamedTuple):
     tree: CompactRange
 
 
+class SealedRegistry(NamedTuple):
+    """A registry entry as recorded, alone in its batch: everything its receipt is made of."""
+
+    entry: RegistryEntry
+    leaf: bytes
+    leaf_hash: bytes
+    inclusion_proof: list[bytes]
+    checkpoint: str
+    tree_size: int
+    nodes: list[tuple[NodeId, bytes]]
+    signed: Checkpoint
+    tree: CompactRange
+
+
 class Committed(NamedTuple):
-    """A batch once COMMIT returned: entries [start, size) with the device each was recorded for."""
+    """A batch once COMMIT returned: entries [start, size) with the device each was recorded for,
+    or the one registry entry it published."""
 
     start: int
     size: int
     entries: list[tuple[Entry, str]]
+    registry: RegistryEntry | None = None
 
 
 def latest_per_key(entries: Sequence[Entry]) -> list[Entry]:
@@ -116,3 +143,20 @@ def seal_batch(
         for e, leaf, h in zip(entries, leaves, hashes, strict=True)
     ]
     return SealedBatch(sealed, created, checkpoint, note, grown)
+
+
+def seal_registry(
+    tree: CompactRange, entry_id: str, registry: Registry, recorded_at: str, origin: str, signer: Signer
+) -> SealedRegistry:
+    """Append one registry entry to a copy of `tree` and sign the grown tree."""
+    grown = tree.copy()
+    entry = registry_entry(entry_id, grown.size, recorded_at, registry)
+    leaf = registry_entry_bytes(entry)
+    hashed = leaf_hash(leaf)
+    created = grown.append(hashed)
+    known: dict[NodeId, bytes] = dict(tree.nodes)
+    known.update(created)
+    checkpoint = Checkpoint(origin, grown.size, grown.root())
+    note = sign_checkpoint(checkpoint, signer)
+    proof = inclusion_proof(entry.index, grown.size, known)
+    return SealedRegistry(entry, leaf, hashed, proof, note, grown.size, list(created), checkpoint, grown)

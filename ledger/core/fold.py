@@ -13,6 +13,7 @@ import msgspec
 
 from ledger.core.entry import ALL_PURPOSES
 from ledger.core.errors import EntryError
+from ledger.core.registry import is_registry_entry, parse_registry_entry
 
 __all__ = ["Difference", "Row", "StateFold", "StateOf", "differences"]
 
@@ -64,6 +65,10 @@ class StateFold:
 
     def add(self, data: bytes) -> int:
         """Fold one entry's bytes in; return its index. Raise EntryError if they are not an entry."""
+        if is_registry_entry(data):
+            # A registry entry changes no row: decisions read it when they are made. Parsed in
+            # full (they are rare) so that a malformed one fails here like any other entry.
+            return parse_registry_entry(data).index
         try:
             e = _fields.decode(data)
         except msgspec.MsgspecError as exc:

@@ -9,6 +9,8 @@ Text format, one notice per payload: `<start> <size>` then space-separated keys,
 `<subject>/<purpose>` (`<subject>/*` for an erasure). A batch whose keys do not fit in
 MAX_NOTICES payloads sends the withdrawals and erasures it can and marks the last notice
 `partial` (`<start> <size> partial ...`): a receiver then relies on its tail for the rest.
+A batch that publishes a registry sends the one key `*/#registry` (REGISTRY_KEY): no subject is
+`*`, so no receiver mistakes it for a decision; it tells every replica to read the log now.
 Grants are sent last because a grant seen late refuses (fails closed), a withdrawal seen late
 would allow.
 """
@@ -22,12 +24,14 @@ __all__ = [
     "MAX_NOTICES",
     "MAX_PAYLOAD",
     "PARTIAL",
+    "REGISTRY_KEY",
     "Key",
     "Notice",
     "changed_keys",
     "decode_notice",
     "encode_notices",
     "is_erasure",
+    "is_registry",
 ]
 
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
@@ -39,6 +43,9 @@ PARTIAL = "partial"
 class Key(NamedTuple):
     subject: str
     purpose: str  # ALL_PURPOSES for an erasure
+
+
+REGISTRY_KEY = Key(ALL_PURPOSES, "#registry")
 
 
 class Notice(NamedTuple):
@@ -93,3 +100,7 @@ def decode_notice(payload: str) -> Notice | None:
 
 def is_erasure(key: Key) -> bool:
     return key.purpose == ALL_PURPOSES
+
+
+def is_registry(key: Key) -> bool:
+    return key == REGISTRY_KEY

@@ -12,10 +12,11 @@ from typing import Annotated, NamedTuple
 import msgspec
 
 from ledger.core.checkpoint import Checkpoint, open_checkpoint
-from ledger.core.entry import Entry, entry_bytes, parse_entry, subject_for
+from ledger.core.entry import Entry, entry_bytes, subject_for
 from ledger.core.errors import EntryError, NoteError, ProofError, VerificationError
 from ledger.core.note import Verifier
 from ledger.core.proof import InclusionVerifier, verify_inclusion
+from ledger.core.registry import LogEntry, RegistryEntry, parse_log_entry, registry_entry_bytes
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import CompactRange
 
@@ -75,7 +76,7 @@ class Receipts(NamedTuple):
     """What a receipt file showed: its entries are in the signed log; `bound` when the salt also
     showed that they are the entries of `device_id`."""
 
-    entries: list[Entry]
+    entries: list[LogEntry]
     device_id: str | None
     bound: bool
 
@@ -94,6 +95,7 @@ _shape = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _receipt = msgspec.json.Decoder(ReceiptFile)
 _receipts = msgspec.json.Decoder(ReceiptsFile)
 _entry_object = msgspec.json.Decoder(Entry)
+_registry_object = msgspec.json.Decoder(RegistryEntry)
 
 
 def _signed(text: str | bytes, verifiers: list[Verifier], what: str) -> Checkpoint:
@@ -113,9 +115,9 @@ def _signed(text: str | bytes, verifiers: list[Verifier], what: str) -> Checkpoi
         raise VerificationError(f"{what}: a malformed signature (a forged signature)") from None
 
 
-def _entry(position: int, data: bytes) -> Entry:
+def _entry(position: int, data: bytes) -> LogEntry:
     try:
-        return parse_entry(data)
+        return parse_log_entry(data)
     except EntryError as exc:
         raise VerificationError(f"entry on line {position + 1}: {exc}") from None
 
@@ -191,7 +193,7 @@ def verify_bundle(
 
 
 def _check_proof(
-    entry: Entry, hashed: bytes, line: bytes | None, checkpoint: Checkpoint, inclusion: InclusionVerifier
+    entry: LogEntry, hashed: bytes, line: bytes | None, checkpoint: Checkpoint, inclusion: InclusionVerifier
 ) -> None:
     where = f"entry {entry.index}"
     if line is None:
@@ -208,7 +210,7 @@ def _check_proof(
         raise VerificationError(f"{where}: {exc}: the entry or the proof was altered") from None
 
 
-def verify_receipt(receipt_json: bytes, verifiers: list[Verifier]) -> Entry:
+def verify_receipt(receipt_json: bytes, verifiers: list[Verifier]) -> LogEntry:
     """One receipt alone proves its entry is in the log the key signs; return the entry."""
     if _is_many(receipt_json):
         count = len(_decode_receipts(receipt_json).entries)
@@ -236,7 +238,8 @@ def verify_receipts(data: bytes, verifiers: list[Verifier]) -> Receipts:
         if receipt.device_id is not None and receipt.device_id != export.device_id:
             raise VerificationError(f"{where}a receipt of device {receipt.device_id!r}, not {export.device_id!r}")
         entries.append(_verify_receipt(receipt, verifiers, where))
-    subject = export.subject or entries[0].subject
+    first = entries[0]
+    subject = export.subject or (first.subject if isinstance(first, Entry) else "")
     if export.salt is not None:
         try:
             salt = bytes.fromhex(export.salt)
@@ -248,7 +251,7 @@ def verify_receipts(data: bytes, verifiers: list[Verifier]) -> Receipts:
                 "the entries are not shown to be this device's"
             )
     for position, entry in enumerate(entries):
-        if entry.subject != subject:
+        if not isinstance(entry, Entry) or entry.subject != subject:
             raise VerificationError(f"entries[{position}]: entry {entry.index} is of another subject")
     return Receipts(entries, export.device_id, export.salt is not None)
 
@@ -274,17 +277,21 @@ def _decode_receipts(data: bytes) -> ReceiptsFile:
         raise VerificationError(f"not a person's export: {exc}") from None
 
 
-def _verify_receipt(receipt: ReceiptFile, verifiers: list[Verifier], where: str) -> Entry:
+def _verify_receipt(receipt: ReceiptFile, verifiers: list[Verifier], where: str) -> LogEntry:
+    """A receipt of either kind of entry: a consent or a published registry."""
     leaf = receipt.leaf.encode()
     try:
-        entry = parse_entry(leaf)
+        entry = parse_log_entry(leaf)
     except EntryError as exc:
         raise VerificationError(f"{where}the receipt's leaf: {exc}") from None
     try:
-        stated = _entry_object.decode(receipt.entry)
+        if isinstance(entry, RegistryEntry):
+            restated = registry_entry_bytes(_registry_object.decode(receipt.entry))
+        else:
+            restated = entry_bytes(_entry_object.decode(receipt.entry))
     except msgspec.DecodeError as exc:
         raise VerificationError(f"{where}the receipt's entry object is not a log entry: {exc}") from None
-    if entry_bytes(stated) != leaf:
+    if restated != leaf:
         raise VerificationError(f"{where}the receipt's entry object does not match its leaf bytes")
     if entry.index != receipt.index:
         raise VerificationError(f"{where}the receipt says index {receipt.index}, its entry {entry.index}")

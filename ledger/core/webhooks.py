@@ -25,6 +25,7 @@ from ledger.core.checkpoint import Checkpoint
 from ledger.core.consistency import consistency_token
 from ledger.core.entry import Entry
 from ledger.core.errors import LedgerError
+from ledger.core.registry import RegistryChanges, RegistryEntry
 
 __all__ = [
     "EVENT_TYPES",
@@ -43,6 +44,7 @@ __all__ = [
     "ErasureEventData",
     "Event",
     "EventType",
+    "RegistryEventData",
     "Step",
     "Subscription",
     "build_deliveries",
@@ -57,6 +59,7 @@ __all__ = [
     "new_secret",
     "next_step",
     "parse_retry_after",
+    "registry_deliveries",
     "retry_delay",
     "rfc6052_ipv4",
     "secret_bytes",
@@ -65,8 +68,14 @@ __all__ = [
     "subscribed",
 ]
 
-EventType = Literal["consent.withdrawn", "consent.granted", "log.checkpoint", "subject.erased"]
-EVENT_TYPES: tuple[str, ...] = ("consent.withdrawn", "consent.granted", "log.checkpoint", "subject.erased")
+EventType = Literal["consent.withdrawn", "consent.granted", "log.checkpoint", "subject.erased", "registry.published"]
+EVENT_TYPES: tuple[str, ...] = (
+    "consent.withdrawn",
+    "consent.granted",
+    "log.checkpoint",
+    "subject.erased",
+    "registry.published",
+)
 # What an erasure event's stored payload becomes once delivered or given up: the device_id goes.
 REDACTED_ERASURE = b'{"type":"subject.erased","redacted":true}'
 SECRET_PREFIX = "whsec_"
@@ -144,10 +153,19 @@ class ErasureEventData(msgspec.Struct, frozen=True):
     device_id: str
 
 
+class RegistryEventData(msgspec.Struct, frozen=True):
+    """A new purpose registry is in force from `index`: what changed, and the token to read it with."""
+
+    index: int
+    recorded_at: str
+    changes: RegistryChanges
+    consistency_token: str
+
+
 class Event(msgspec.Struct, frozen=True):
     type: str
     timestamp: str
-    data: ConsentEventData | CheckpointEventData | ErasureEventData
+    data: ConsentEventData | CheckpointEventData | ErasureEventData | RegistryEventData
 
 
 _encode = msgspec.json.Encoder().encode
@@ -245,6 +263,31 @@ def build_deliveries(
         if "log.checkpoint" in s.events
     ]
     return deliveries
+
+
+def registry_deliveries(
+    entry: RegistryEntry,
+    changes: RegistryChanges,
+    subscriptions: Sequence[Subscription],
+    checkpoint: Checkpoint,
+    note: str,
+) -> list[Delivery]:
+    """The outbox rows for a publish: `registry.published` for every subscriber of it (a
+    subscription's purpose filter does not apply: a new registry concerns every purpose), then
+    the batch's checkpoint."""
+    payload = event_body(
+        Event(
+            "registry.published",
+            entry.recorded_at,
+            RegistryEventData(entry.index, entry.recorded_at, changes, consistency_token(checkpoint.size)),
+        )
+    )
+    published = [
+        Delivery(_msg_id(), s.id, entry.index, "registry.published", payload)
+        for s in subscriptions
+        if "registry.published" in s.events
+    ]
+    return published + build_deliveries([], {}, subscriptions, checkpoint, note, entry.recorded_at)
 
 
 def erasure_deliveries(device_id: str, subscriptions: Sequence[Subscription], erased_at: str) -> list[Delivery]:

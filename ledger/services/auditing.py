@@ -1,6 +1,6 @@
 """What auditors and people ask of the log: checkpoints, keys, entries, proofs, histories, exports."""
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -11,10 +11,11 @@ from ledger.core.errors import ProofError
 from ledger.core.note import Verifier
 from ledger.core.proof import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
 from ledger.core.purposes import Registry, purpose_record
+from ledger.core.registry import Version, in_force_at
 from ledger.core.tree import NodeId
 from ledger.errors import InvalidRequest, StorageError
-from ledger.integrity import ProvenLog
-from ledger.models import ConsentRecord, PersonalExport, Receipt
+from ledger.integrity import ProvenLog, SignedTree
+from ledger.models import ConsentRecord, GrantShown, PersonalExport, Receipt
 from ledger.services.position import Position
 from ledger.services.stores import LogReads, SubjectReads
 from ledger.services.validation import check_device
@@ -37,7 +38,8 @@ class KeyInfo(NamedTuple):
 class Auditing:
     def __init__(
         self,
-        registry: Registry,
+        registry: Callable[[], Registry],
+        versions: Callable[[SignedTree], Awaitable[list[Version]]],
         log_store: LogReads,
         subjects: SubjectReads,
         log: ProvenLog,
@@ -45,6 +47,7 @@ class Auditing:
         position: Position,
     ) -> None:
         self.registry = registry
+        self.versions = versions
         self.log_store = log_store
         self.subjects = subjects
         self.log = log
@@ -113,13 +116,13 @@ class Auditing:
 
     # -- one device ----------------------------------------------------------------------
 
-    async def history(self, device_id: str) -> list[Receipt]:
+    async def history(self, device_id: str, tree: SignedTree | None = None) -> list[Receipt]:
         """The device's receipts, oldest first, each proven against the latest checkpoint."""
         check_device(device_id)
         subject = await self.subjects.subject_of(device_id)
         if subject is None:
             return []
-        tree = await self.log.head()
+        tree = tree or await self.log.head()
         proven = await self.log.prove(tree, await self.subjects.history(subject, tree.checkpoint.size))
         return [self.position.receipt(device_id, p.sealed(tree)) for _, p in sorted(proven.items())]
 
@@ -131,16 +134,44 @@ class Auditing:
         if found is None:
             return None
         subject, salt = found
-        receipts = await self.history(device_id)
+        tree = await self.log.head()
+        receipts = await self.history(device_id, tree)
+        versions = await self.versions(tree)
         now = format_time(datetime.now(UTC))
         methods = {r.entry.index: r.entry.method for r in receipts}
+        registry = self.registry()
         purposes = {}
-        for key, purpose in self.registry.purposes.items():
+        for key, purpose in registry.purposes.items():
             basis = deciding(r.entry for r in receipts if r.entry.purpose == key)
             d = decide(key, purpose, basis, now)
             purposes[key] = ConsentRecord(
-                purpose_record(key, purpose, self.registry.controller),
+                purpose_record(key, purpose, registry.controller),
                 d.allowed, d.reason, d.policy_version, d.since, d.expires_at, d.index,
                 None if d.index is None else methods[d.index],
             )  # fmt: skip
-        return PersonalExport(device_id, subject, salt.hex(), receipts, purposes)
+        return PersonalExport(device_id, subject, salt.hex(), receipts, purposes, grants_shown(receipts, versions))
+
+
+def grants_shown(receipts: Sequence[Receipt], versions: Sequence[Version]) -> list[GrantShown]:
+    """For each grant, its purpose as the registry in force at the grant's append described it:
+    the latest registry entry before the grant, the one the grant was checked against."""
+    shown = []
+    for r in receipts:
+        if r.entry.action != "grant":
+            continue
+        version = in_force_at(versions, before=r.entry.index)
+        purpose = None if version is None else version.registry.purposes.get(r.entry.purpose)
+        record = None
+        if version is not None and purpose is not None:
+            record = purpose_record(r.entry.purpose, purpose, version.registry.controller)
+        shown.append(
+            GrantShown(
+                r.entry.index,
+                r.entry.purpose,
+                r.entry.policy_version,
+                None if version is None else version.index,
+                None if version is None else version.recorded_at,
+                record,
+            )
+        )
+    return shown

@@ -10,7 +10,6 @@ from ledger.appender import Appender
 from ledger.core.batch import Draft
 from ledger.core.entry import format_time
 from ledger.core.idempotency import Claim, Replayed
-from ledger.core.purposes import Registry
 from ledger.errors import UnprocessableRequest
 from ledger.integrity import ProvenLog
 from ledger.models import ConsentIn, Receipt, consent_decoder, decode_body
@@ -26,10 +25,7 @@ _canonical = msgspec.json.Encoder(order="sorted")
 
 
 class Recording:
-    def __init__(
-        self, registry: Registry, appender: Appender, log: ProvenLog, projection: Projection, position: Position
-    ) -> None:
-        self.registry = registry
+    def __init__(self, appender: Appender, log: ProvenLog, projection: Projection, position: Position) -> None:
         self.appender = appender
         self.log = log
         self.projection = projection
@@ -51,10 +47,14 @@ class Recording:
         return self.position.receipt(request.device_id, outcome), True
 
     def draft(self, request: ConsentIn, now: datetime) -> Draft:
-        """The request checked against every rule of the registry and the privacy statement."""
-        purpose = self.registry.purposes.get(request.purpose)
+        """The request checked against every rule of the registry and the privacy statement.
+
+        The registry is this process's view of the one in force: a fast first filter. What
+        decides is the appender's check against the log's registry, under the log lock."""
+        registry = self.projection.registry
+        purpose = registry.purposes.get(request.purpose)
         if purpose is None:
-            raise UnprocessableRequest(unknown_purpose(self.registry, request.purpose))
+            raise UnprocessableRequest(unknown_purpose(registry, request.purpose))
         occurred = request_time(request.occurred_at, "occurred_at") if request.occurred_at is not None else now
         if occurred > now + MAX_CLOCK_SKEW:
             raise UnprocessableRequest("occurred_at is in the future")

@@ -3,6 +3,7 @@
 import asyncio
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -26,7 +27,11 @@ SECRET_OVERLAP = timedelta(hours=24)
 
 class WebhookAdmin:
     def __init__(
-        self, registry: Registry, outbox: Subscriptions, dispatcher: Dispatcher | None, allow_private: bool
+        self,
+        registry: Callable[[], Registry],
+        outbox: Subscriptions,
+        dispatcher: Dispatcher | None,
+        allow_private: bool,
     ) -> None:
         self.registry = registry
         self.outbox = outbox
@@ -34,9 +39,10 @@ class WebhookAdmin:
         self.allow_private = allow_private
 
     async def create(self, body: WebhookIn) -> WebhookCreated:
-        unknown = sorted(set(body.purposes or ()) - set(self.registry.purposes))
+        registry = self.registry()
+        unknown = sorted(set(body.purposes or ()) - set(registry.purposes))
         if unknown:
-            raise UnprocessableRequest(unknown_purpose(self.registry, unknown[0]))
+            raise UnprocessableRequest(unknown_purpose(registry, unknown[0]))
         await check_webhook_url(body.url, self.allow_private)
         secret = new_secret()
         record = await self.outbox.create_subscription(

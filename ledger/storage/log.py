@@ -23,6 +23,7 @@ import asyncpg
 from ledger.core.entry import Entry, subject_for
 from ledger.core.fold import Row
 from ledger.core.note import Verifier
+from ledger.core.registry import REGISTRY_PURPOSE, REGISTRY_SUBJECT
 from ledger.core.tree import NodeId
 from ledger.core.webhooks import Delivery, Subscription
 from ledger.errors import LogCorrupted
@@ -37,6 +38,8 @@ class Head(NamedTuple):
     root: bytes
     note: str
     recorded_at: datetime
+    # The index of the registry in force (the latest registry entry); read only under the lock.
+    registry_index: int | None = None
 
 
 class KeyRecord(NamedTuple):
@@ -68,6 +71,14 @@ class EntryRow(NamedTuple):
 
 
 _HEAD = "SELECT tree_size, root, note, recorded_at FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
+# Registry entries are the log's rows of subject '' and purpose '#registry' (core/registry.py):
+# log_entries_by_subject (subject, purpose, idx) finds the latest one by an index scan.
+_REGISTRY_ROWS = f"subject = '{REGISTRY_SUBJECT}' AND purpose = '{REGISTRY_PURPOSE}'"
+_LOCKED_HEAD = f"""
+    SELECT tree_size, root, note, recorded_at,
+           (SELECT max(idx) FROM log_entries WHERE {_REGISTRY_ROWS}) AS registry_index
+    FROM checkpoints ORDER BY tree_size DESC LIMIT 1
+"""
 _NODES = """
     SELECT n.level, n.idx, n.hash
     FROM unnest($1::smallint[], $2::bigint[]) AS q(level, idx)
@@ -90,7 +101,7 @@ async def _fetch_nodes(conn: Queryable, ids: Sequence[NodeId]) -> dict[NodeId, b
 def _head(row: asyncpg.Record | None) -> Head | None:
     if row is None:
         return None
-    return Head(row["tree_size"], bytes(row["root"]), row["note"], row["recorded_at"])
+    return Head(row["tree_size"], bytes(row["root"]), row["note"], row["recorded_at"], row.get("registry_index"))
 
 
 class AppendTransaction:
@@ -100,9 +111,15 @@ class AppendTransaction:
         self.conn = conn
 
     async def lock_head(self) -> Head | None:
+        """Take the log lock; then the head, with the index of the registry in force."""
         with translated():
             await self.conn.execute("LOCK TABLE log_entries IN EXCLUSIVE MODE")
-            return _head(await self.conn.fetchrow(_HEAD))
+            return _head(await self.conn.fetchrow(_LOCKED_HEAD))
+
+    async def entry(self, index: int) -> bytes | None:
+        with translated():
+            data: bytes | None = await self.conn.fetchval("SELECT entry FROM log_entries WHERE idx = $1", index)
+        return None if data is None else bytes(data)
 
     async def nodes(self, ids: Sequence[NodeId]) -> dict[NodeId, bytes]:
         with translated():
@@ -351,6 +368,24 @@ class LogStore:
         with translated():
             rows = await self.pool.fetch("SELECT key_id, key_name, vkey FROM signing_keys ORDER BY first_used, key_id")
         return [KeyRecord(r["key_id"], r["key_name"], r["vkey"]) for r in rows]
+
+    async def registry_entries(self, below: int | None = None) -> dict[int, bytes]:
+        """Every registry entry (with an index below `below`), oldest first."""
+        with translated():
+            rows = await self.pool.fetch(
+                f"SELECT idx, entry FROM log_entries WHERE {_REGISTRY_ROWS} AND ($1::bigint IS NULL OR idx < $1)"
+                " ORDER BY idx",
+                below,
+            )
+        return {r["idx"]: bytes(r["entry"]) for r in rows}
+
+    async def latest_registry(self) -> tuple[int, bytes] | None:
+        """The registry entry in force, if the log holds one."""
+        with translated():
+            row = await self.pool.fetchrow(
+                f"SELECT idx, entry FROM log_entries WHERE {_REGISTRY_ROWS} ORDER BY idx DESC LIMIT 1"
+            )
+        return None if row is None else (row["idx"], bytes(row["entry"]))
 
     async def log_size(self) -> int:
         with translated():

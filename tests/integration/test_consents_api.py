@@ -76,7 +76,7 @@ async def test_a_receipt_proves_the_recorded_entry(client: httpx.AsyncClient) ->
     assert receipt["device_id"] == "phone-1"
     entry = parse_entry(receipt["leaf"].encode())
     assert receipt["entry"] == {k: v for k, v in receipt["entry"].items() if v is not None}
-    assert entry.index == receipt["index"] == 0
+    assert entry.index == receipt["index"] == 1  # entry 0 is the purpose registry
     assert entry.method == "explicit_popup"
     assert entry.actor == "user"
     assert "phone-1" not in receipt["leaf"]
@@ -135,6 +135,12 @@ async def test_reconsent_required_after_the_statement_changes(
     stricter.write_text(REGISTRY.replace("min_policy_version = 2", "min_policy_version = 3"))
     with running_server({**env, "LEDGER_PURPOSES": str(stricter)}) as url:
         async with httpx.AsyncClient(base_url=url, headers=ADMIN) as c:
+            # A restart with another file changes nothing (issue 10): the log's registry is in force ...
+            assert (await check(c, "d9", "telemetry"))["reason"] == "granted"
+            # ... until the new one is published.
+            toml = {"Content-Type": "application/toml"}
+            published = await c.put("/v1/purposes", content=stricter.read_bytes(), headers=toml)
+            assert published.status_code == 201, published.text
             decision = await check(c, "d9", "telemetry")
             assert (decision["allowed"], decision["reason"], decision["policy_version"]) == (
                 False,
@@ -186,7 +192,7 @@ async def test_concurrent_retries_append_once(client: httpx.AsyncClient, store: 
     )
     assert sorted(r.status_code for r in responses) == [200] * 11 + [201]
     assert len({r.content for r in responses}) == 1
-    assert await log_size(store) == 1
+    assert await log_size(store) == 2  # with the purpose registry at 0
 
 
 async def test_keys_are_scoped_to_the_token(client: httpx.AsyncClient, tokens: dict[str, str], store: Stores) -> None:
@@ -194,7 +200,7 @@ async def test_keys_are_scoped_to_the_token(client: httpx.AsyncClient, tokens: d
     a = await client.post("/v1/consents", json=consent("d6"), headers=headers)
     b = await client.post("/v1/consents", json=consent("d6"), headers={**headers, **bearer(tokens["consent:write"])})
     assert (a.status_code, b.status_code) == (201, 201)
-    assert await log_size(store) == 2
+    assert await log_size(store) == 3  # with the purpose registry at 0
 
 
 FUTURE = format_time(datetime.now(UTC) + timedelta(days=1))

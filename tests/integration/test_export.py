@@ -58,19 +58,20 @@ async def test_cli_export_of_the_whole_log_verifies_offline(
     out = tmp_path / "bundle"
     exported = ledger("export", "--out", str(out), env={"LEDGER_DATABASE_URL": database_url})
     assert exported.returncode == 0, exported.stderr
-    assert "exported 30 entries (the whole log)" in exported.stdout
+    # Entry 0 is the purpose registry the server published at its first start.
+    assert "exported 31 entries (the whole log)" in exported.stdout
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "entries.ndjson", "keys"]
-    assert out.joinpath("entries.ndjson").read_bytes().split(b"\n")[:-1] == [r["leaf"].encode() for r in receipts]
+    assert out.joinpath("entries.ndjson").read_bytes().split(b"\n")[1:-1] == [r["leaf"].encode() for r in receipts]
     assert vkey in out.joinpath("keys").read_text().splitlines()
     result = ledger("verify", str(out), "--key", vkey)
     assert result.returncode == 0, result.stderr
-    assert "OK: 30 entries (the whole log)" in result.stdout
+    assert "OK: 31 entries (the whole log)" in result.stdout
     assert "cannot be ruled out" in result.stdout
     held = tmp_path / "held"
     held.write_text(receipts[9]["checkpoint"])
     result = ledger("verify", str(out), "--key", vkey, "--previous-checkpoint", str(held))
     assert result.returncode == 0, result.stderr
-    assert "consistent with the held checkpoint of size 10" in result.stdout
+    assert "consistent with the held checkpoint of size 11" in result.stdout
 
 
 async def test_tampering_with_an_export_fails_verification_and_names_it(
@@ -83,7 +84,7 @@ async def test_tampering_with_an_export_fails_verification_and_names_it(
     original = entries.read_bytes()
     lines = original.split(b"\n")[:-1]
     cases = {
-        "changed byte": b"\n".join([*lines[:3], lines[3].replace(b'"n":"3"', b'"n":"4"'), *lines[4:]]) + b"\n",
+        "changed byte": b"\n".join([*lines[:3], lines[3].replace(b'"n":"2"', b'"n":"4"'), *lines[4:]]) + b"\n",
         "deleted entry": b"\n".join(lines[:5] + lines[6:]) + b"\n",
         "swapped entries": b"\n".join([*lines[:7], lines[8], lines[7], *lines[9:]]) + b"\n",
         "cut file": original[:-10],
@@ -116,7 +117,7 @@ async def test_filtered_exports_carry_proofs_and_verify(
     assert ledger("export", "--out", str(by_index), "--start", "5", "--end", "15", env=env).returncode == 0
     proofs = [json.loads(line) for line in (by_index / "proofs.ndjson").read_text().splitlines()]
     assert [p["index"] for p in proofs] == list(range(5, 15))
-    assert {p["tree_size"] for p in proofs} == {25}
+    assert {p["tree_size"] for p in proofs} == {26}  # with the registry entry at 0
     result = ledger("verify", str(by_index), "--key", vkey)
     assert result.returncode == 0, result.stderr
     assert "OK: 10 entries (entries 5 to 14)" in result.stdout
@@ -124,7 +125,7 @@ async def test_filtered_exports_carry_proofs_and_verify(
     since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     result = ledger("export", "--out", str(everything), "--since", since, env=env)
     assert result.returncode == 0, result.stderr
-    assert "exported 25 entries" in result.stdout
+    assert "exported 26 entries" in result.stdout
     nothing = tmp_path / "future"
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert ledger("export", "--out", str(nothing), "--since", future, env=env).returncode == 0
@@ -160,7 +161,7 @@ async def test_a_receipt_verifies_on_its_own(client: httpx.AsyncClient, tmp_path
     path.write_text(json.dumps(receipt))
     result = ledger("verify-receipt", str(path), "--key", vkey)
     assert result.returncode == 0, result.stderr
-    assert "OK: entry 0" in result.stdout
+    assert "OK: entry 1" in result.stdout
     path.write_text(json.dumps({**receipt, "leaf_hash": "00" * 32}))
     result = ledger("verify-receipt", str(path), "--key", vkey)
     assert result.returncode == 1
@@ -172,7 +173,7 @@ async def test_the_persons_own_record(client: httpx.AsyncClient, tokens: dict[st
     response = await client.get("/v1/devices/me-1/export", headers=bearer(tokens["audit:read"]))
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"device_id", "subject", "salt", "entries", "purposes"}
+    assert set(body) == {"device_id", "subject", "salt", "entries", "purposes", "grants"}
     salt = bytes.fromhex(body["salt"])
     assert hmac.new(salt, b"me-1", hashlib.sha256).hexdigest() == body["subject"]
     assert [e["entry"]["subject"] for e in body["entries"]] == [body["subject"]] * 2
@@ -197,12 +198,13 @@ async def test_the_persons_own_record(client: httpx.AsyncClient, tokens: dict[st
 async def test_the_record_of_processing_as_json_and_csv(client: httpx.AsyncClient, tokens: dict[str, str]) -> None:
     headers = bearer(tokens["consent:check"])
     records = (await client.get("/v1/purposes/record", headers=headers)).json()["purposes"]
-    assert [r["purpose_id"] for r in records] == ["pixverse_sharing", "cross_border_transfer", "telemetry"]
+    # In key order: the registry in force is read from its log entry, whose keys are sorted.
+    assert [r["purpose_id"] for r in records] == ["cross_border_transfer", "pixverse_sharing", "telemetry"]
     assert records[0]["controller"]["name"] == "Kuku AI"
     assert "PixVerse" in records[0]["recipients"][0]
     response = await client.get("/v1/purposes/record", headers={**headers, "Accept": "text/csv"})
     assert response.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(response.text)))
-    assert [r["purpose_id"] for r in rows] == ["pixverse_sharing", "cross_border_transfer", "telemetry"]
+    assert [r["purpose_id"] for r in rows] == ["cross_border_transfer", "pixverse_sharing", "telemetry"]
     assert rows[2]["data_categories"] == "device identifiers; app usage; crash and error events"
     assert (await client.get("/v1/purposes/record")).status_code == 401

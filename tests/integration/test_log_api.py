@@ -1,6 +1,7 @@
 """The log's HTTP endpoints through a real server: keys, checkpoint, entries, proofs, auth, errors."""
 
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -19,14 +20,23 @@ from .helpers import draft
 from .server import ADMIN_TOKEN
 
 
+class First(NamedTuple):
+    """Entry 0: the purpose registry the server published at its first start."""
+
+    leaf: bytes
+    checkpoint: str
+
+
 @pytest.fixture
 async def filled(store: Stores, key_file: Path, base_url: str) -> list:  # type: ignore[type-arg]
-    """Twenty entries appended by a second writer on the same database, as another replica would."""
+    """The registry entry, then twenty entries appended by a second writer on the same database, as
+    another replica would: 21 in all."""
+    first = First((await store.log.entries(0, 1))[0], await store.log.checkpoint_note(1) or "")
     appender = Appender(store.log, read_key_file(key_file), ORIGIN)
     await appender.start()
     sealed = [await appender.append(draft(f"api-{i}", action="grant" if i % 3 else "withdraw")) for i in range(20)]
     await appender.stop()
-    return sealed
+    return [first, *sealed]
 
 
 async def test_keys_and_checkpoint_are_public_and_verify(client: httpx.AsyncClient, filled: list) -> None:  # type: ignore[type-arg]
@@ -43,7 +53,7 @@ async def test_keys_and_checkpoint_are_public_and_verify(client: httpx.AsyncClie
     assert response.headers["content-type"].startswith("text/plain")
     assert response.headers["consistency-token"]
     checkpoint = open_checkpoint(response.text, [Verifier.from_vkey(key["vkey"])], origin=ORIGIN)
-    assert checkpoint.size == 20
+    assert checkpoint.size == 21
 
 
 async def test_entries_are_exact_bytes_and_verify_offline(
@@ -51,7 +61,7 @@ async def test_entries_are_exact_bytes_and_verify_offline(
     tokens: dict[str, str],
     filled: list,  # type: ignore[type-arg]
 ) -> None:
-    response = await client.get("/v1/log/entries", params={"start": 0, "end": 20}, headers=bearer(tokens["audit:read"]))
+    response = await client.get("/v1/log/entries", params={"start": 0, "end": 21}, headers=bearer(tokens["audit:read"]))
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/x-ndjson")
     lines = response.content.split(b"\n")
@@ -61,7 +71,7 @@ async def test_entries_are_exact_bytes_and_verify_offline(
     part = await client.get("/v1/log/entries?start=5&end=8", headers=bearer(tokens["admin"]))
     assert part.content.split(b"\n")[:-1] == [s.leaf for s in filled[5:8]]
     clamped = await client.get("/v1/log/entries?start=18&end=1000", headers=bearer(tokens["audit:read"]))
-    assert clamped.content.count(b"\n") == 2
+    assert clamped.content.count(b"\n") == 3
 
 
 async def test_proofs_verify_against_signed_checkpoints(
@@ -72,31 +82,31 @@ async def test_proofs_verify_against_signed_checkpoints(
     vkey = await log_verifier(client)
     head = open_checkpoint((await client.get("/v1/log/checkpoint")).text, [vkey])
     h = bearer(tokens["audit:read"])
-    for index in (0, 7, 19):
-        body = (await client.get(f"/v1/log/proof/inclusion?index={index}&tree_size=20", headers=h)).json()
+    for index in (0, 7, 20):
+        body = (await client.get(f"/v1/log/proof/inclusion?index={index}&tree_size=21", headers=h)).json()
         assert body["index"] == index
-        assert body["tree_size"] == 20
+        assert body["tree_size"] == 21
         proof = [bytes.fromhex(p) for p in body["proof"]]
-        verify_inclusion(index, 20, leaf_hash(filled[index].leaf), proof, head.root)
+        verify_inclusion(index, 21, leaf_hash(filled[index].leaf), proof, head.root)
     # Every receipt's checkpoint is consistent with the latest one.
     for sealed in filled:
         old = open_checkpoint(sealed.checkpoint, [vkey])
-        body = (await client.get(f"/v1/log/proof/consistency?from={old.size}&to=20", headers=h)).json()
-        assert (body["from"], body["to"]) == (old.size, 20)
-        verify_consistency(old.size, 20, old.root, head.root, [bytes.fromhex(p) for p in body["proof"]])
+        body = (await client.get(f"/v1/log/proof/consistency?from={old.size}&to=21", headers=h)).json()
+        assert (body["from"], body["to"]) == (old.size, 21)
+        verify_consistency(old.size, 21, old.root, head.root, [bytes.fromhex(p) for p in body["proof"]])
 
 
 @pytest.mark.parametrize(
     ("path", "detail"),
     [
-        ("/v1/log/proof/inclusion?index=20&tree_size=20", "not in a tree"),
-        ("/v1/log/proof/inclusion?index=0&tree_size=21", "beyond"),
+        ("/v1/log/proof/inclusion?index=21&tree_size=21", "not in a tree"),
+        ("/v1/log/proof/inclusion?index=0&tree_size=22", "beyond"),
         ("/v1/log/proof/inclusion?index=-1&tree_size=5", ""),
         ("/v1/log/proof/inclusion?index=x&tree_size=5", ""),
         ("/v1/log/proof/inclusion?tree_size=5", "index"),
         ("/v1/log/proof/consistency?from=5&to=4", "no consistency proof"),
         ("/v1/log/proof/consistency?from=1&to=99", "beyond"),
-        ("/v1/log/entries?start=21", "outside"),
+        ("/v1/log/entries?start=22", "outside"),
         ("/v1/log/entries?start=5&end=2", "before"),
     ],
 )

@@ -50,8 +50,9 @@ def test_metrics_count_every_worker(database_url: str, tmp_path: Path, key_file:
         assert response.headers["content-type"].startswith("text/plain")
         text = response.text
         assert sample(text, "ledger_decisions_total", purpose="pixverse_sharing", reason="no_consent") == 30
-        assert sample(text, "ledger_appends_total") == 6
-        assert sample(text, "ledger_append_batch_size_count") == 6
+        # And the purpose registry the first start published.
+        assert sample(text, "ledger_appends_total") == 7
+        assert sample(text, "ledger_append_batch_size_count") == 7
         route = {"route": "/v1/check", "method": "GET"}
         assert sample(text, "ledger_http_request_duration_seconds_count", status="200", **route) == 30
         assert sample(text, "ledger_http_request_duration_seconds_count", status="422", **route) == 1

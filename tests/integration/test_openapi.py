@@ -20,6 +20,8 @@ CONTRACT = {
     ("get", "/v1/devices/{device_id}/history"): "audit:read",
     ("get", "/v1/purposes"): "consent:check",
     ("get", "/v1/purposes/record"): "consent:check",
+    ("put", "/v1/purposes"): "admin",
+    ("get", "/v1/purposes/history"): "audit:read",
     ("get", "/v1/keys"): None,
     ("get", "/v1/log/checkpoint"): None,
     ("get", "/v1/log/entries"): "audit:read",
@@ -42,6 +44,7 @@ JSON_BODIES = {
     ("post", "/v1/consents"): "ConsentIn",
     ("post", "/v1/check"): "ChecksIn",
     ("post", "/v1/webhooks"): "WebhookIn",
+    ("put", "/v1/purposes"): "Registry",
 }
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
