@@ -322,32 +322,24 @@ class Appender:
 
     def _committed(self, batch: SealedBatch, drafts: list[Draft]) -> None:
         """Adopt the new tree and tell the listeners, before any caller of the batch is woken."""
-        self._tree = batch.tree
-        self.batches += 1
-        self.appended += len(drafts)
-        metrics.APPENDS.inc(len(drafts))
-        metrics.BATCH_SIZE.observe(len(drafts))
         entries = [(s.entry, d.device_id) for s, d in zip(batch.sealed, drafts, strict=True)]
-        committed = Committed(batch.sealed[0].entry.index, batch.checkpoint.size, entries)
+        self._adopt(batch.tree, Committed(batch.sealed[0].entry.index, batch.checkpoint.size, entries))
+
+    def _committed_registry(self, sealed: SealedRegistry) -> None:
+        self._registry = (sealed.entry.index, unlogged(sealed.entry.registry))
+        self._adopt(sealed.tree, Committed(sealed.entry.index, sealed.tree_size, [], sealed.entry))
+
+    def _adopt(self, tree: CompactRange, committed: Committed) -> None:
+        self._tree = tree
+        self.batches += 1
+        self.appended += committed.size - committed.start
+        metrics.APPENDS.inc(committed.size - committed.start)
+        metrics.BATCH_SIZE.observe(committed.size - committed.start)
         for listener in self.on_commit:
             try:
                 listener(committed)
             except Exception:
                 # The batch is durable whatever a listener does; its callers get their receipts.
-                log.exception("a commit listener failed")
-
-    def _committed_registry(self, sealed: SealedRegistry) -> None:
-        self._tree = sealed.tree
-        self._registry = (sealed.entry.index, unlogged(sealed.entry.registry))
-        self.batches += 1
-        self.appended += 1
-        metrics.APPENDS.inc()
-        metrics.BATCH_SIZE.observe(1)
-        committed = Committed(sealed.entry.index, sealed.tree_size, [], sealed.entry)
-        for listener in self.on_commit:
-            try:
-                listener(committed)
-            except Exception:
                 log.exception("a commit listener failed")
 
     async def _current_tree(self, tx: AppendTransaction, head: Head | None) -> CompactRange:
