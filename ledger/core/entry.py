@@ -4,7 +4,7 @@ import hashlib
 import hmac
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
@@ -29,6 +29,7 @@ __all__ = [
     "PurposeKey",
     "Subject",
     "Timestamp",
+    "decode_canonical",
     "entry_bytes",
     "format_time",
     "is_device_id",
@@ -93,6 +94,7 @@ class Entry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     expires_at: Timestamp | None = None
 
 
+T = TypeVar("T")
 _encoder = msgspec.json.Encoder(order="sorted")
 _decoder = msgspec.json.Decoder(Entry)
 
@@ -104,13 +106,19 @@ def entry_bytes(entry: Entry) -> bytes:
 
 def parse_entry(data: bytes) -> Entry:
     """Decode entry bytes, refusing anything that is not exactly the canonical encoding."""
+    return decode_canonical(_decoder, data, "log entry")
+
+
+def decode_canonical(decoder: "msgspec.json.Decoder[T]", data: bytes, what: str) -> T:
+    """Decode `data` as `decoder`'s type, refusing anything that is not exactly its canonical
+    encoding (sorted keys, no whitespace, nulls omitted): the bytes a leaf hash covers."""
     try:
-        entry = _decoder.decode(data)
+        value = decoder.decode(data)
     except msgspec.DecodeError as exc:
-        raise EntryError(f"not a log entry: {exc}") from None
-    if entry_bytes(entry) != data:
-        raise EntryError("entry bytes are not in canonical form")
-    return entry
+        raise EntryError(f"not a {what}: {exc}") from None
+    if _encoder.encode(value) != data:
+        raise EntryError(f"{what} bytes are not in canonical form")
+    return value
 
 
 def subject_for(salt: bytes, device_id: str) -> str:

@@ -20,8 +20,7 @@ from typing import Annotated, Literal, NamedTuple
 
 import msgspec
 
-from ledger.core.entry import Entry, EntryId, PolicyVersion, PurposeKey, Timestamp, parse_entry
-from ledger.core.errors import EntryError
+from ledger.core.entry import Entry, EntryId, PolicyVersion, PurposeKey, Timestamp, decode_canonical, parse_entry
 from ledger.core.purposes import Controller, Purpose, Registry
 
 __all__ = [
@@ -120,13 +119,7 @@ def is_registry_entry(data: bytes) -> bool:
 
 def parse_registry_entry(data: bytes) -> RegistryEntry:
     """Decode registry entry bytes, refusing anything that is not exactly the canonical encoding."""
-    try:
-        entry = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise EntryError(f"not a registry entry: {exc}") from None
-    if registry_entry_bytes(entry) != data:
-        raise EntryError("registry entry bytes are not in canonical form")
-    return entry
+    return decode_canonical(_decoder, data, "registry entry")
 
 
 def parse_log_entry(data: bytes) -> LogEntry:

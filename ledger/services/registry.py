@@ -12,9 +12,9 @@ import msgspec
 from ledger.appender import Appender, Unchanged
 from ledger.core.consistency import consistency_token
 from ledger.core.purposes import Registry
-from ledger.core.registry import Version, logged, registry_changes, unlogged
+from ledger.core.registry import RegistryEntry, Version, logged, registry_changes, unlogged
 from ledger.errors import InvalidRequest, UnprocessableRequest
-from ledger.integrity import ProvenLog, ProvenRegistry, SignedTree
+from ledger.integrity import ProvenLog, SignedTree
 from ledger.models import (
     RegistryHistory,
     RegistryInForce,
@@ -77,28 +77,25 @@ class RegistryService:
             tree = await self.log.head()
             data = (await self.store.entries_at([outcome.entry_index]))[outcome.entry_index]
             proven = (await self.log.prove_registries(tree, {outcome.entry_index: data}))[outcome.entry_index]
-            return self._receipt(proven, tree), False
-        self.position.saw(outcome.tree_size)
-        return RegistryReceipt(
-            outcome.entry.index,
+            size = tree.checkpoint.size
+            return self._receipt(proven.entry, proven.leaf, proven.leaf_hash, proven.proof, tree.note, size), False
+        receipt = self._receipt(
             outcome.entry,
-            outcome.leaf.decode(),
-            outcome.leaf_hash.hex(),
+            outcome.leaf,
+            outcome.leaf_hash,
+            outcome.inclusion_proof,
             outcome.checkpoint,
-            [h.hex() for h in outcome.inclusion_proof],
-            consistency_token(outcome.tree_size),
-        ), True
+            outcome.tree_size,
+        )
+        return receipt, True
 
-    def _receipt(self, proven: ProvenRegistry, tree: SignedTree) -> RegistryReceipt:
-        self.position.saw(tree.checkpoint.size)
+    def _receipt(
+        self, entry: RegistryEntry, leaf: bytes, hashed: bytes, proof: list[bytes], note: str, size: int
+    ) -> RegistryReceipt:
+        """The receipt of a registry entry in the tree of `size` its signed `note` covers."""
+        self.position.saw(size)
         return RegistryReceipt(
-            proven.entry.index,
-            proven.entry,
-            proven.leaf.decode(),
-            proven.leaf_hash.hex(),
-            tree.note,
-            [h.hex() for h in proven.proof],
-            consistency_token(tree.checkpoint.size),
+            entry.index, entry, leaf.decode(), hashed.hex(), note, [h.hex() for h in proof], consistency_token(size)
         )
 
     async def versions(self, tree: SignedTree | None = None) -> list[Version]:

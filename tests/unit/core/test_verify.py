@@ -77,7 +77,7 @@ def test_a_changed_byte_is_caught() -> None:
     fails("do not hash to the signed root", altered, HEAD, KEY)
     broken = list(LEAVES)
     broken[5] = broken[5].replace(b'"index":5', b'"index": 5')
-    fails("entry on line 6: entry bytes are not in canonical form", broken, HEAD, KEY)
+    fails("entry on line 6: log entry bytes are not in canonical form", broken, HEAD, KEY)
 
 
 def test_a_deleted_entry_is_named() -> None:
@@ -331,7 +331,7 @@ MALFORMED_RECEIPTS: list[tuple[str, bytes | dict[str, Any] | list[Any], str]] = 
     ("leaf a number", {**RECEIPT, "leaf": 5}, "Expected `str`, got `int` - at `\\$.leaf`"),
     ("leaf an object", {**RECEIPT, "leaf": ENTRY}, "Expected `str`, got `object` - at `\\$.leaf`"),
     ("leaf not JSON", {**RECEIPT, "leaf": "grant"}, "the receipt's leaf: not a log entry"),
-    ("leaf not canonical", {**RECEIPT, "leaf": json.dumps(ENTRY)}, "the receipt's leaf: entry bytes are not in canonical form"),
+    ("leaf not canonical", {**RECEIPT, "leaf": json.dumps(ENTRY)}, "the receipt's leaf: log entry bytes are not in canonical form"),
     ("leaf_hash a list", {**RECEIPT, "leaf_hash": ["00"]}, "Expected `str`, got `array` - at `\\$.leaf_hash`"),
     ("leaf_hash not hex", {**RECEIPT, "leaf_hash": "xyz"}, "leaf_hash and inclusion_proof must be hex"),
     ("leaf_hash short", {**RECEIPT, "leaf_hash": "00"}, "leaf_hash is not the hash of the leaf"),
