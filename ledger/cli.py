@@ -205,9 +205,12 @@ def cmd_keygen(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _progress(what: str, done: int, total: int) -> None:
-    if sys.stderr.isatty() or done == total:
+    """A progress line redrawn in place on a terminal; elsewhere (a log, a pipe) only the last."""
+    if sys.stderr.isatty():
         sys.stderr.write(f"\r\x1b[K{what}: {done:,} of {total:,}" + ("\n" if done == total else ""))
-        sys.stderr.flush()
+    elif done == total:
+        sys.stderr.write(f"{what}: {done:,} of {total:,}\n")
+    sys.stderr.flush()
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
