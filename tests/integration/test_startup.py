@@ -21,7 +21,10 @@ PASSWORD = "hunter2-secret-password"
 
 
 def ledger(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """`ledger ARGS` in a session of its own: a server that wrongly started is stopped with its workers."""
+    """`ledger ARGS` in a session of its own: a server that wrongly started is stopped with its workers.
+    A `serve` without a port gets a free one, so that the mistake under test, not a busy 8080, answers."""
+    if args and args[0] == "serve" and "--port" not in args:
+        args = (*args, "--port", str(free_port()))
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ledger", *args],
