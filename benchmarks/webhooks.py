@@ -17,7 +17,6 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -26,14 +25,12 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import ADMIN, HEADERS, RESULTS, Served, percentile, progress, pyplot
-from ledger import embedded
+from benchmarks.common import HEADERS, RESULTS, Served, embedded_database, percentile, progress, pyplot
 from ledger.appender import Appender
 from ledger.core.batch import Draft
 from ledger.core.entry import format_time
 from ledger.keys import read_key_file, write_key_file
 from ledger.storage import create_pool, open_stores
-from ledger.storage.migrations import migrate
 from tests.integration.receiver import Receiver
 
 
@@ -131,27 +128,20 @@ def main() -> None:
     parser.add_argument("--queued", type=int, default=1000)
     args = parser.parse_args()
     receiver = Receiver().start()
-    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        server, server_url = embedded.start(tmp / "data")
-        try:
-            url = embedded.with_database(server_url, "postgres")
-            asyncio.run(migrate(url))
-            key_file = tmp / "signing.key"
+    try:
+        with embedded_database() as db:
+            key_file = db.tmp / "signing.key"
             write_key_file(key_file, "bench.example/log")
             env = {
-                "LEDGER_DATABASE_URL": url,
-                "LEDGER_DATA_DIR": str(tmp / "data"),
-                "LEDGER_ADMIN_TOKEN": ADMIN,
+                **db.env,
                 "LEDGER_SIGNING_KEY": str(key_file),
                 "LEDGER_LOG_ORIGIN": "bench.example/log",
                 "LEDGER_WEBHOOK_ALLOW_PRIVATE": "true",
             }
             latencies = latency(env, receiver, args.rounds)
-            rate = drain(env, url, key_file, receiver, args.queued)
-        finally:
-            server.cleanup()
-            receiver.stop()
+            rate = drain(env, db.url, key_file, receiver, args.queued)
+    finally:
+        receiver.stop()
     results = {
         "rounds": args.rounds,
         "latency_ms": latencies,
