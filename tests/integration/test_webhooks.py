@@ -116,8 +116,12 @@ async def test_a_withdrawal_arrives_signed_with_v1_and_v1a(client: httpx.AsyncCl
     assert payload["timestamp"] == entry["recorded_at"]
     assert granted.status_code == 201  # the grant was not sent: only consent.withdrawn is subscribed
     assert got.headers["webhook-id"].startswith("msg_")
+
+    async def recorded() -> bool:  # the receiver answers before the sender records the outcome
+        return [d["status"] for d in await deliveries(client, hook["id"])] == ["delivered"]
+
+    await wait_until(recorded)
     [listed] = await deliveries(client, hook["id"])
-    assert listed["status"] == "delivered"
     assert listed["attempts"][0]["status_code"] == 200
     metrics = (await client.get("/metrics")).text
     assert 'ledger_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
@@ -208,7 +212,11 @@ async def test_a_receiver_down_then_up_gets_every_withdrawal_in_order(
     received = await asyncio.to_thread(receiver.wait_for, 5, 20)
     assert [json.loads(r.body)["data"]["index"] for r in received] == indexes
     assert head["id"] == received[0].headers["webhook-id"]  # the retry kept its webhook-id
-    assert all(d["status"] == "delivered" for d in await deliveries(client, hook["id"]))
+
+    async def all_delivered() -> bool:
+        return all(d["status"] == "delivered" for d in await deliveries(client, hook["id"]))
+
+    await wait_until(all_delivered)
 
 
 async def test_a_failed_attempt_is_retried_with_the_same_webhook_id(
