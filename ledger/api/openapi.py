@@ -12,8 +12,12 @@ for the document, from what each handler declares in `opt` and `security`:
 - the problem+json answers: 400 everywhere (a repeated or malformed query parameter), 401 and
   403 where a token is required, 413 and 415 with a body, 503 wherever the database is asked,
   and those a handler lists in `opt={"problems": (...)}`.
+
+`python -m ledger.api.openapi > docs/openapi.json` writes the same document, indented, without a
+database or a server: the copy kept in the repository (a test compares it with the served one).
 """
 
+import sys
 from typing import Any
 
 import msgspec
@@ -86,6 +90,20 @@ class FinishedJson(JsonRenderPlugin):
         if self._rendered is None:
             self._rendered = msgspec.json.encode(finish(openapi_schema, request.app))
         return self._rendered
+
+
+def document(app: Litestar) -> dict[str, Any]:
+    """The finished document of `app`, as GET /schema/openapi.json serves it."""
+    return finish(app.openapi_schema.to_schema(), app)
+
+
+def main() -> None:
+    # Imported here: the app imports this module for its configuration.
+    from ledger.app import create_app
+    from ledger.settings import Settings
+
+    encoded = msgspec.json.encode(document(create_app(Settings())))
+    sys.stdout.buffer.write(msgspec.json.format(encoded, indent=2) + b"\n")
 
 
 def finish(document: dict[str, Any], app: Litestar) -> dict[str, Any]:
@@ -167,3 +185,7 @@ def _add_schemas(components: dict[str, Any], models: list[Any]) -> None:
         if existing != schema and set(existing.get("properties", ())) != set(schema.get("properties", ())):
             raise ValueError(f"two different schemas are named {name} in the OpenAPI document")
         components[name] = schema
+
+
+if __name__ == "__main__":
+    main()
