@@ -68,8 +68,8 @@ class AccessLog:
             "status": status,
             "latency_ms": latency_ms,
         }
-        # log.info() without its search of the call stack for a file and line no format prints:
-        # a quarter of the line's cost, paid on every request (see benchmarks/access_log.py).
+        # log.info() would also walk the call stack for a file and line that no format prints,
+        # on every request (benchmarks/access_log.py times the line).
         record = log.makeRecord(
             log.name, logging.INFO, __file__, 0, "%s %s %d", (method, route, status), None, extra=fields
         )
