@@ -12,6 +12,7 @@ from litestar.types import Message, Scope
 
 from ledger import embedded, keys, metrics
 from ledger.api import openapi
+from ledger.api.access_log import AccessLog
 from ledger.api.checks import ChecksController, DevicesController, PurposesController
 from ledger.api.consents import ConsentsController
 from ledger.api.health import HealthController, prometheus
@@ -76,7 +77,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[add_consistency_token],
         openapi_config=openapi.config(),
+        # The process's logging is ledger.logs' (set up by `ledger serve` for granian and its
+        # workers); Litestar's own configuration would give the root logger a second format.
+        logging_config=None,
         debug=os.environ.get("LEDGER_DEBUG") == "1",
     )
+    # Around Litestar's whole handler, router included, so a 404 or 405 has a request id and a
+    # line too: route middleware (the `middleware=` above) only runs once a route matched.
+    app.asgi_handler = AccessLog(app.asgi_handler)
     app.state.settings = settings
     return app

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import parse_qs, urlsplit
 
-from ledger import auth, embedded, keys, metrics_dir, server
+from ledger import auth, embedded, keys, logs, metrics_dir, server
 from ledger.core.entry import format_time
 from ledger.core.errors import LedgerError, VerificationError
 from ledger.core.note import Verifier
@@ -494,11 +494,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrong argument or setting, 1 for everything else (a database that cannot be reached, a file
     that cannot be written, a bundle that does not verify), never in a traceback."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in unknown_variables(os.environ):
         print(f"ledger: warning: {name} is not a setting the ledger knows (a typo?)", file=sys.stderr)
     try:
         settings = Settings.from_env()
+        logs.configure(settings.log_format)
         try:
             code: int = args.run(args, settings)
         except StorageError as exc:

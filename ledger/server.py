@@ -9,7 +9,9 @@ import socket
 import sys
 from typing import Literal
 
+from ledger import logs
 from ledger.errors import ConfigError
+from ledger.settings import Settings
 
 Server = Literal["granian", "uvicorn"]
 DEFAULT: Server = "granian"
@@ -44,7 +46,9 @@ def run(
 ) -> None:
     """Serve the app factory `target` ("module:function") until SIGINT or SIGTERM. Under
     granian, SIGHUP still replaces the workers one at a time (no downtime); it no longer reloads
-    the purpose registry, which is published into the log instead."""
+    the purpose registry, which is published into the log instead. The server and every worker
+    log as this process does (ledger.logs): the server applies the configuration in each of them."""
+    log_config = logs.dict_config()
     if server == "granian":
         from granian import Granian
         from granian.constants import Interfaces, Loops
@@ -57,6 +61,8 @@ def run(
             port=port,
             workers=workers,
             loop=Loops.uvloop,
+            log_dictconfig=log_config,
+            # Its access line names the raw path and query string: ledger.api.access_log logs instead.
             log_access=False,
         )
         granian.serve()
@@ -73,6 +79,7 @@ def run(
             http="httptools",
             access_log=False,
             log_level="warning",
+            log_config=log_config,
         )
 
 
@@ -81,4 +88,5 @@ if __name__ == "__main__":
     name, target, port, workers = sys.argv[1:5]
     if name not in ("granian", "uvicorn"):
         raise SystemExit("server must be granian or uvicorn")
+    logs.configure(Settings.from_env().log_format)
     run(target, host="127.0.0.1", port=int(port), workers=int(workers), server=name)  # type: ignore[arg-type]

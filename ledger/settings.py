@@ -3,6 +3,7 @@
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal, cast
 
 import msgspec
 import platformdirs
@@ -29,9 +30,12 @@ KNOWN = {
     "LEDGER_WORKERS",
     "LEDGER_WEBHOOK_ALLOW_PRIVATE",
     "LEDGER_TOMBSTONE_KEY",
+    "LEDGER_LOG_FORMAT",
     *(f"{name}_FILE" for name in FILE_VARIANTS),
 }
 MIN_ADMIN_TOKEN_LENGTH = 32
+LogFormat = Literal["json", "text"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,6 +53,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
     webhook_allow_private: bool = False
     tombstone_key: str | None = None
+    # None: json unless stderr is a terminal (decided by ledger.logs, which owns stderr).
+    log_format: LogFormat | None = None
 
     @property
     def embedded(self) -> bool:
@@ -83,6 +89,15 @@ def _boolean(env: Mapping[str, str], name: str) -> bool:
     if raw in ("1", "true", "yes", "on"):
         return True
     raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+def _log_format(env: Mapping[str, str]) -> LogFormat | None:
+    raw = env.get("LEDGER_LOG_FORMAT", "").strip()
+    if not raw:
+        return None
+    if raw.lower() not in LOG_FORMATS:
+        raise ConfigError(f"LEDGER_LOG_FORMAT={raw!r}: expected json or text")
+    return cast(LogFormat, raw.lower())
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:
@@ -157,6 +172,7 @@ def parse(env: Mapping[str, str]) -> Settings:
         workers=_integer(env, "LEDGER_WORKERS", 1, 1, 256),
         webhook_allow_private=_boolean(env, "LEDGER_WEBHOOK_ALLOW_PRIVATE"),
         tombstone_key=_secret(env, "LEDGER_TOMBSTONE_KEY"),
+        log_format=_log_format(env),
     )
 
 
