@@ -428,10 +428,13 @@ def cmd_purposes_publish(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_verify_state(_: argparse.Namespace, settings: Settings) -> int:
     from ledger.state_check import verify_state
 
-    path = settings.signing_key_path
-    if not path.exists():
-        raise ConfigError(f"no signing key at {path}: set LEDGER_SIGNING_KEY or LEDGER_DATA_DIR as the server has them")
-    verifier = keys.read_key_file(path).verifier
+    def server_verifier() -> Verifier:
+        path = settings.signing_key_path
+        if not path.exists():
+            raise ConfigError(
+                f"no signing key at {path}: set LEDGER_SIGNING_KEY or LEDGER_DATA_DIR as the server has them"
+            )
+        return keys.read_key_file(path).verifier
 
     async def run(store: Stores):  # type: ignore[no-untyped-def]
         bar: Progress | None = None
@@ -447,7 +450,9 @@ def cmd_verify_state(_: argparse.Namespace, settings: Settings) -> int:
             if bar is not None:
                 bar.close()
 
+    # The database first: a data directory without one is the mistake to name, not its missing key.
     with database(settings, read_only=True) as url:
+        verifier = server_verifier()
         try:
             report = asyncio.run(_with_store(url, run, read_only=True))
         except VerificationError as exc:

@@ -15,10 +15,15 @@ from ledger.keys import read_key_file
 from .server import running_server
 
 
-def ledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def ledger(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     return subprocess.run(
-        [sys.executable, "-m", "ledger", *args], env={**clean, **env}, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "ledger", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
 
 
