@@ -17,6 +17,8 @@ __all__ = ["Progress", "Steps"]
 # On a terminal the bar is handed a new count at most every this many items: a bar update per
 # entry would cost more than verifying some entries does.
 REDRAW_EVERY = 1024
+KNOWN_TOTAL = "{l_bar}{bar}| {n:,} of {total:,} [{elapsed}<{remaining}, {rate_fmt}]"
+UNKNOWN_TOTAL = "{desc}: {n:,} [{elapsed}, {rate_fmt}]"
 
 
 class Progress:
@@ -31,7 +33,13 @@ class Progress:
         self._bar: tqdm[Any] | None = None
         if self.stream.isatty():
             self._bar = tqdm(
-                total=total, desc=what, unit=" entries", unit_scale=True, file=self.stream, dynamic_ncols=True
+                total=total,
+                desc=what,
+                unit=" entries",
+                unit_scale=True,  # for the rate; the counts are shown whole, with thousands separators
+                bar_format=KNOWN_TOTAL if total is not None else UNKNOWN_TOTAL,
+                file=self.stream,
+                dynamic_ncols=True,
             )
 
     def update(self, done: int) -> None:

@@ -11,6 +11,7 @@ import httpx
 from ledger.core.checkpoint import open_checkpoint
 from ledger.core.note import Verifier
 from ledger.keys import read_key_file
+from ledger.settings import KNOWN, Settings
 
 from .server import running_server
 
@@ -126,3 +127,61 @@ def test_keygen_warns_when_the_key_would_not_be_named_after_the_servers_origin(t
         "keygen", "--out", str(tmp_path / "c.key"), env={"LEDGER_LOG_ORIGIN": "x.example/log", "LEDGER_KEY_NAME": "y"}
     )
     assert "differs from the log origin" in other.stderr
+
+
+COMMANDS = (
+    ["serve"],
+    ["migrate"],
+    ["token", "create"],
+    ["token", "list"],
+    ["token", "revoke"],
+    ["keygen"],
+    ["export"],
+    ["verify"],
+    ["verify-state"],
+    ["purposes", "publish"],
+    ["verify-receipt"],
+)
+
+
+def test_help_lists_defaults_and_the_settings_each_command_reads() -> None:
+    helps = {}
+    for command in COMMANDS:
+        result = ledger(*command, "--help", env={})
+        assert result.returncode == 0, result.stderr
+        helps[" ".join(command)] = result.stdout
+    serve = helps["serve"]
+    assert "--port PORT        the port to listen on (default: 8080)" in serve
+    words = " ".join(serve.split())  # the epilog's lines are wrapped
+    assert "(default: 127.0.0.1)" in serve
+    assert "(default: LEDGER_WORKERS, else 1)" in serve
+    # Every setting the ledger knows is listed, its _FILE variant beside it.
+    for name in KNOWN:
+        assert name in serve, name
+    assert f"(default: {Settings().data_dir})" in words
+    assert f"(default: {Settings().consistency_wait_ms})" in words
+    for command in ("migrate", "token create", "token list", "token revoke", "export", "verify-state"):
+        assert "LEDGER_DATABASE_URL, or LEDGER_DATABASE_URL_FILE" in helps[command], command
+        assert "LEDGER_DATA_DIR" in helps[command], command
+        assert "LEDGER_WORKERS" not in helps[command], command
+    assert "LEDGER_SIGNING_KEY" in helps["verify-state"]
+    assert "LEDGER_LOG_ORIGIN" in helps["keygen"]
+    assert "LEDGER_DATABASE_URL" not in helps["keygen"]
+    for command in ("verify", "verify-receipt"):
+        assert "LEDGER_DATA" not in helps[command], command
+        assert "--key KEY" in helps[command]
+    assert "(default: no lower bound)" in " ".join(helps["export"].split())
+    top = ledger("--help", env={})
+    assert "--help lists the LEDGER_* settings" in top.stdout
+
+
+def test_an_offline_verification_reads_no_setting(tmp_path: Path) -> None:
+    """A setting meant for the server, even a wrong one, does not stop `ledger verify`."""
+    key = ledger("keygen", "--out", str(tmp_path / "k"), env={"LEDGER_LOG_ORIGIN": "v.test/log"})
+    vkey = key.stdout.strip().splitlines()[-1]
+    (tmp_path / "bundle").mkdir()
+    wrong = {"LEDGER_CACHE_SIZE": "lots", "LEDGER_DATABASE_URL": "mysql://nope"}
+    result = ledger("verify", str(tmp_path / "bundle"), "--key", vkey, env=wrong)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"FAILED: {tmp_path / 'bundle' / 'checkpoint'} is missing from the bundle"
+    assert "database:" not in result.stderr
