@@ -13,7 +13,7 @@ from ledger.core.note import Verifier
 from ledger.keys import read_key_file
 from ledger.settings import KNOWN, Settings
 
-from .server import running_server
+from .server import running_server, server_env
 
 
 def ledger(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -183,5 +183,35 @@ def test_an_offline_verification_reads_no_setting(tmp_path: Path) -> None:
     wrong = {"LEDGER_CACHE_SIZE": "lots", "LEDGER_DATABASE_URL": "mysql://nope"}
     result = ledger("verify", str(tmp_path / "bundle"), "--key", vkey, env=wrong)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == f"FAILED: {tmp_path / 'bundle' / 'checkpoint'} is missing from the bundle"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"FAILED: {tmp_path / 'bundle' / 'checkpoint'} is missing from the bundle"
+    )
     assert "database:" not in result.stderr
+
+
+def test_a_new_admin_token_revokes_the_previous_one_and_says_so(database_url: str, tmp_path: Path) -> None:
+    first, second = "first-admin-token-" + "a" * 32, "second-admin-token-" + "b" * 32
+    env = server_env(database_url, tmp_path)
+
+    def status(base: str, token: str) -> int:
+        return httpx.get(f"{base}/v1/webhooks", headers={"Authorization": f"Bearer {token}"}).status_code
+
+    with running_server({**env, "LEDGER_ADMIN_TOKEN": first}) as base:
+        assert status(base, first) == 200
+    assert "revoked" not in base.output()  # the first bootstrap replaces nothing
+    with running_server({**env, "LEDGER_ADMIN_TOKEN": second}) as base:
+        assert status(base, second) == 200
+        assert status(base, first) == 401
+    warnings = [line for line in base.output().splitlines() if "LEDGER_ADMIN_TOKEN" in line]
+    assert len(warnings) == 1, base.output()
+    assert "WARNING" in warnings[0]
+    assert "the previous bootstrap admin token (created " in warnings[0]
+    assert "is revoked" in warnings[0]
+    assert first not in base.output()
+    assert second not in base.output()
+    with running_server({**env, "LEDGER_ADMIN_TOKEN": second}, workers=2) as base:
+        assert status(base, second) == 200
+    assert "revoked" not in base.output()  # the same value again: nothing replaced
+    listed = ledger("token", "list", env=env)
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["LEDGER_ADMIN_TOKEN"]

@@ -57,9 +57,7 @@ def applied(url: str) -> list[int]:
     return asyncio.run(query())
 
 
-def test_every_database_command_first_names_its_database_without_credentials(
-    database_url: str, tmp_path: Path
-) -> None:
+def test_every_database_command_first_names_its_database_without_credentials(database_url: str, tmp_path: Path) -> None:
     parts = urlsplit(database_url)
     name = parts.path.lstrip("/")
     url = with_password(database_url)
@@ -83,7 +81,9 @@ def test_an_embedded_command_names_the_data_directory(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_database_is_named_before_the_error(tmp_path: Path) -> None:
-    result = ledger("token", "list", env={"LEDGER_DATABASE_URL": f"postgresql://ledger:{PASSWORD}@127.0.0.1:1/consents"})
+    result = ledger(
+        "token", "list", env={"LEDGER_DATABASE_URL": f"postgresql://ledger:{PASSWORD}@127.0.0.1:1/consents"}
+    )
     assert result.returncode == 1
     first, *_, last = result.stderr.strip().splitlines()
     assert first == "database: postgresql://127.0.0.1:1/consents"

@@ -186,6 +186,7 @@ def test_every_command_given_junk_fails_in_one_line(junk: dict[str, Path], datab
             or "unexpected" in output
             or PASSWORD in output
             or len(problems) != 1
+            or result.stderr.strip().splitlines()[-1] != problems[0]  # last, after any "database:" line
         ):
             failures.append(f"ledger {args} with {env}: exit {result.returncode}\n{output[-2000:]}")
     assert not failures, f"{len(failures)} commands misbehaved:\n\n" + "\n\n".join(failures)
