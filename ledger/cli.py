@@ -14,7 +14,6 @@ from typing import Any, NamedTuple, NoReturn
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ledger import auth, embedded, keys, metrics_dir, server
-from ledger.cli_help import HelpFormatter, environment, setting_names
 from ledger.core.entry import format_time
 from ledger.core.errors import LedgerError, VerificationError
 from ledger.core.note import Verifier
@@ -24,6 +23,7 @@ from ledger.progress import Progress, Steps
 from ledger.settings import Settings, load_registry, unknown_variables
 from ledger.storage import Stores, create_pool, migrations, open_stores
 from ledger.storage.tokens import TokenListing
+from ledger.usage import HelpFormatter, environment, setting_names
 
 log = logging.getLogger("ledger")
 
@@ -469,7 +469,7 @@ def cmd_verify_state(_: argparse.Namespace, settings: Settings) -> int:
 
 class Parser(argparse.ArgumentParser):
     """argparse, with a mistake told in one line (the usage is one --help away), and help that
-    shows defaults and settings (ledger.cli_help)."""
+    shows defaults and settings (ledger.usage)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
@@ -498,7 +498,7 @@ def _token_name(text: str) -> str:
     return text
 
 
-# The settings each command reads, for its --help (ledger.cli_help adds their defaults).
+# The settings each command reads, for its --help (ledger.usage adds their defaults).
 DATABASE = ("LEDGER_DATABASE_URL", "LEDGER_DATA_DIR")
 KEY = ("LEDGER_SIGNING_KEY", "LEDGER_LOG_ORIGIN", "LEDGER_KEY_NAME")
 NO_SETTINGS: tuple[str, ...] = ()
@@ -507,14 +507,10 @@ NO_SETTINGS: tuple[str, ...] = ()
 def _command(
     commands: "argparse._SubParsersAction[Parser]", name: str, summary: str, reads: Sequence[str]
 ) -> argparse.ArgumentParser:
-    """A subcommand whose help says what it does and, below its options, which settings it reads.
-    A command that reads none does not parse them either: a setting meant for the server, even a
-    wrong one, does not stop an offline verification."""
-    command = commands.add_parser(
+    """A subcommand whose help says what it does and, below its options, which settings it reads."""
+    return commands.add_parser(
         name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=environment(reads)
     )
-    command.set_defaults(reads=tuple(reads))
-    return command
 
 
 def parser() -> argparse.ArgumentParser:
@@ -612,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in unknown_variables(os.environ):
         print(f"ledger: warning: {name} is not a setting the ledger knows (a typo?)", file=sys.stderr)
     try:
-        settings = Settings.from_env() if args.reads else Settings()
+        settings = Settings.from_env()
         try:
             code: int = args.run(args, settings)
         except StorageError as exc:

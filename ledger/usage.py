@@ -91,9 +91,10 @@ def _default(name: str) -> str:
 def environment(names: Iterable[str]) -> str:
     """An epilog listing the settings among `names` that the ledger knows, with their defaults."""
     known = [name for name in dict.fromkeys([*names, *EVERY_COMMAND]) if name in KNOWN]
+    lines = [] if "LEDGER_DATABASE_URL" in names else ["This command uses no database."]
     if not known:
-        return "environment: this command reads no LEDGER_* setting and uses no database."
-    lines = ["environment (the LEDGER_* settings this command reads):"]
+        return "\n".join([*lines, "environment: it reads no LEDGER_* setting."])
+    lines.append("environment (the LEDGER_* settings this command reads):")
     for name in known:
         alternative = f", or {name}_FILE naming a file that holds it" if name in FILE_VARIANTS else ""
         lines.append(f"  {name}{alternative}")
