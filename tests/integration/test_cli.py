@@ -170,7 +170,6 @@ def test_help_lists_defaults_and_the_settings_each_command_reads() -> None:
     for command in ("verify", "verify-receipt", "keygen"):
         assert "LEDGER_DATA" not in helps[command], command
         assert "This command uses no database." in helps[command], command
-        assert "--key KEY" in helps[command]
     assert "(default: no lower bound)" in " ".join(helps["export"].split())
     top = ledger("--help", env={})
     assert "--help lists the LEDGER_* settings" in top.stdout
@@ -191,7 +190,7 @@ def test_a_new_admin_token_revokes_the_previous_one_and_says_so(database_url: st
         assert status(base, first) == 401
     warnings = [line for line in base.output().splitlines() if "LEDGER_ADMIN_TOKEN" in line]
     assert len(warnings) == 1, base.output()
-    assert "WARNING" in warnings[0]
+    assert "warning" in warnings[0].lower()  # a text or a JSON log line
     assert "the previous bootstrap admin token (created " in warnings[0]
     assert "is revoked" in warnings[0]
     assert first not in base.output()
