@@ -10,31 +10,41 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import version
 from pathlib import Path
-from typing import NoReturn
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, NamedTuple, NoReturn
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ledger import auth, embedded, keys, logs, metrics_dir, server
 from ledger.core.entry import format_time
 from ledger.core.errors import LedgerError, VerificationError
 from ledger.core.note import Verifier
 from ledger.core.registry import RegistryEntry
-from ledger.errors import ConfigError, NameTaken, StorageError
+from ledger.errors import ConfigError, MigrationError, NameTaken, StorageError
+from ledger.progress import Progress, Steps
 from ledger.settings import Settings, load_registry, unknown_variables
 from ledger.storage import Stores, create_pool, migrations, open_stores
 from ledger.storage.tokens import TokenListing
+from ledger.usage import HelpFormatter, environment, setting_names
 
 log = logging.getLogger("ledger")
 
 
+def tell(message: str) -> None:
+    """A line for the person at the terminal, on stderr: stdout is the command's result."""
+    print(message, file=sys.stderr)
+
+
 @contextlib.contextmanager
-def database(settings: Settings, supervise: bool = False) -> Iterator[str]:
-    """The configured database, or the embedded one (shared with a running `ledger serve`);
-    with `supervise`, an embedded server that dies is started again until this exits."""
-    if settings.embedded:
+def database(
+    settings: Settings, *, read_only: bool = False, supervise: bool = False, announce: Callable[[str], None] = tell
+) -> Iterator[str]:
+    """The configured database, or the embedded one (shared with a running `ledger serve`), after
+    `announce` has named it. A `read_only` command creates nothing: no data directory, no cluster,
+    no database (it fails naming where it looked). With `supervise`, an embedded server that dies
+    is started again until this exits."""
+    if settings.embedded and not read_only:
         ensure_data_dir(settings)
-    else:
-        database_label(settings)  # a URL that does not parse fails here, before any connection
-    url, server = asyncio.run(embedded.resolve_database(settings))
+    announce(f"database: {database_description(settings)}")  # a URL that does not parse fails here
+    url, server = asyncio.run(embedded.resolve_database(settings, create=not read_only))
     try:
         if supervise and server is not None:
             with embedded.Supervisor(server):
@@ -46,13 +56,33 @@ def database(settings: Settings, supervise: bool = False) -> Iterator[str]:
             server.cleanup()
 
 
-async def _with_store(url: str, action):  # type: ignore[no-untyped-def]
-    await migrations.migrate(url)
+async def _with_store(url: str, action, *, read_only: bool = False):  # type: ignore[no-untyped-def]
+    if read_only:
+        await require_current_schema(url)
+    else:
+        await migrations.migrate(url)
     store = open_stores(await create_pool(url, max_size=2))
     try:
         return await action(store)
     finally:
         await store.pool.close()
+
+
+async def require_current_schema(url: str) -> None:
+    """Commands that only read do not migrate: a schema older than this ledger is an upgrade
+    half done (or the wrong database), which `ledger migrate` or the server should finish, not a
+    read that happened to run a newer version of the CLI."""
+    missing = await migrations.unapplied(url)
+    if missing is None:
+        raise ConfigError(
+            "this database holds no ledger (no schema_migrations table); this command only reads and "
+            "creates nothing: point LEDGER_DATABASE_URL at the server's database, or run `ledger migrate`"
+        )
+    if missing:
+        raise MigrationError(
+            f"the database schema lacks migration(s) {', '.join(missing)} of this ledger version; this command "
+            "only reads and migrates nothing: run `ledger migrate` (or start `ledger serve`) first"
+        )
 
 
 def ensure_data_dir(settings: Settings) -> None:
@@ -68,19 +98,52 @@ def ensure_data_dir(settings: Settings) -> None:
         raise ConfigError(f"LEDGER_DATA_DIR={directory}: cannot create or write to it ({exc.strerror})") from None
 
 
-def database_label(settings: Settings) -> str:
-    """Where the database is, for messages: host, port and database name, never the password."""
-    if settings.database_url is None:
-        return f"the embedded PostgreSQL in {settings.data_dir / 'postgres'}"
+class Address(NamedTuple):
+    """Where a database URL points, without its user, password or other parameters."""
+
+    host: str  # a name, an address, a socket directory, or libpq's comma-separated host list
+    port: int | None  # None with a host list, whose ports are in `host`
+    name: str  # empty: libpq's default, the user's name
+
+    @property
+    def server(self) -> str:
+        if self.port is None:
+            return self.host
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def url(self) -> str:
+        if self.host.startswith("/"):  # a socket directory: libpq takes it as a parameter
+            return f"postgresql:///{quote(self.name)}?host={quote(self.host)}&port={self.port}"
+        return f"postgresql://{self.server}/{quote(self.name)}"
+
+
+def database_address(url: str) -> Address:
     try:
-        parts = urlsplit(settings.database_url)
+        parts = urlsplit(url)
+        name = unquote(parts.path.lstrip("/"))
         if "," in parts.netloc:  # libpq's host list: leave it to the driver
-            return f"the database {parts.path.lstrip('/')!r} on {parts.netloc.rpartition('@')[2]}"
+            return Address(parts.netloc.rpartition("@")[2], None, name)
         host, port = parts.hostname, parts.port
     except ValueError as exc:
         raise ConfigError(f"LEDGER_DATABASE_URL: not a valid URL ({exc})") from None
     host = host or parse_qs(parts.query).get("host", ["localhost"])[0]  # ?host=/run/postgresql: a socket
-    return f"the database {parts.path.lstrip('/') or '(default)'!r} at {host}:{port or 5432}"
+    return Address(host, port or 5432, name)
+
+
+def database_description(settings: Settings) -> str:
+    """What `database:` says: the embedded data directory, or the URL's host, port and database
+    name, never its user, password or parameters (a `?password=` would be in those)."""
+    if settings.database_url is None:
+        return f"embedded in {settings.data_dir}"
+    return database_address(settings.database_url).url()
+
+
+def database_label(settings: Settings) -> str:
+    """Where the database is, for messages: host, port and database name, never the password."""
+    if settings.database_url is None:
+        return f"the embedded PostgreSQL in {settings.data_dir / 'postgres'}"
+    address = database_address(settings.database_url)
+    return f"the database {address.name or '(default)'!r} at {address.server}"
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -95,7 +158,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # The postmaster becomes this process's child once pg_ctl exits, so that when it dies
         # this process can reap it and start another (see embedded.Supervisor).
         embedded.adopt_orphans()
-    with database(settings, supervise=True) as url:
+    with database(settings, supervise=True, announce=log.info) as url:
         for name in asyncio.run(migrations.migrate(url)):
             log.info("applied migration %s", name)
         signer = keys.load_signer(settings)
@@ -174,8 +237,8 @@ def cmd_token_list(_: argparse.Namespace, settings: Settings) -> int:
     async def listing(store: Stores) -> list[TokenListing]:
         return await store.tokens.active()
 
-    with database(settings) as url:
-        tokens = asyncio.run(_with_store(url, listing))
+    with database(settings, read_only=True) as url:
+        tokens = asyncio.run(_with_store(url, listing, read_only=True))
     for t in tokens:
         print(f"{t.name}\t{','.join(t.scopes)}\t{format_time(t.created_at)}")
     print(f"{len(tokens)} active token(s); tokens themselves are never stored, only their SHA-256", file=sys.stderr)
@@ -204,15 +267,6 @@ def cmd_keygen(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _progress(what: str, done: int, total: int) -> None:
-    """A progress line redrawn in place on a terminal; elsewhere (a log, a pipe) only the last."""
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r\x1b[K{what}: {done:,} of {total:,}" + ("\n" if done == total else ""))
-    elif done == total:
-        sys.stderr.write(f"{what}: {done:,} of {total:,}\n")
-    sys.stderr.flush()
-
-
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from ledger import export
     from ledger.core.entry import parse_time
@@ -225,11 +279,12 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run(store: Stores) -> export.Plan:
         p = await export.plan(store.log, args.start, args.end, since, until)
-        await export.write_directory(store.log, p, Path(args.out), _progress)
+        with Steps() as progress:
+            await export.write_directory(store.log, p, Path(args.out), progress)
         return p
 
-    with database(settings) as url:
-        p = asyncio.run(_with_store(url, run))
+    with database(settings, read_only=True) as url:
+        p = asyncio.run(_with_store(url, run, read_only=True))
     kind = "filtered, with inclusion proofs" if p.filtered else "the whole log"
     files = [export.ENTRIES, export.CHECKPOINT, export.KEYS] + ([export.PROOFS] if p.filtered else [])
     print(f"exported {p.entry_count:,} entries ({kind}) under a checkpoint of size {p.tree_size}")
@@ -275,19 +330,16 @@ def cmd_verify(args: argparse.Namespace, _: Settings) -> int:
         print(f"FAILED: {bundle} is not a bundle directory", file=sys.stderr)
         return 1
 
-    def progress(done: int) -> None:
-        if done % 100_000 == 0:
-            _progress("verified", done, done)
-
     try:
-        report = verify_bundle(
-            _lines(bundle / export.ENTRIES),
-            (bundle / export.CHECKPOINT).read_bytes().decode(),
-            [verifier],
-            _lines(proofs) if proofs.exists() else None,
-            held,
-            progress,
-        )
+        with Progress("verified", every=100_000) as progress:
+            report = verify_bundle(
+                _lines(bundle / export.ENTRIES),
+                (bundle / export.CHECKPOINT).read_bytes().decode(),
+                [verifier],
+                _lines(proofs) if proofs.exists() else None,
+                held,
+                progress.update,
+            )
     except FileNotFoundError as exc:
         print(f"FAILED: {exc.filename} is missing from the bundle", file=sys.stderr)
         return 1
@@ -376,17 +428,33 @@ def cmd_purposes_publish(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_verify_state(_: argparse.Namespace, settings: Settings) -> int:
     from ledger.state_check import verify_state
 
-    path = settings.signing_key_path
-    if not path.exists():
-        raise ConfigError(f"no signing key at {path}: set LEDGER_SIGNING_KEY or LEDGER_DATA_DIR as the server has them")
-    verifier = keys.read_key_file(path).verifier
+    def server_verifier() -> Verifier:
+        path = settings.signing_key_path
+        if not path.exists():
+            raise ConfigError(
+                f"no signing key at {path}: set LEDGER_SIGNING_KEY or LEDGER_DATA_DIR as the server has them"
+            )
+        return keys.read_key_file(path).verifier
 
     async def run(store: Stores):  # type: ignore[no-untyped-def]
-        return await verify_state(store.log, [verifier], lambda done, total: _progress("refolded", done, total))
+        bar: Progress | None = None
 
-    with database(settings) as url:
+        def progress(done: int, total: int) -> None:
+            nonlocal bar
+            bar = bar or Progress("refolded", total)
+            bar.update(done)
+
         try:
-            report = asyncio.run(_with_store(url, run))
+            return await verify_state(store.log, [verifier], progress)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # The database first: a data directory without one is the mistake to name, not its missing key.
+    with database(settings, read_only=True) as url:
+        verifier = server_verifier()
+        try:
+            report = asyncio.run(_with_store(url, run, read_only=True))
         except VerificationError as exc:
             print(f"FAILED: {exc}", file=sys.stderr)
             return 1
@@ -400,7 +468,12 @@ def cmd_verify_state(_: argparse.Namespace, settings: Settings) -> int:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with a mistake told in one line (the usage is one --help away)."""
+    """argparse, with a mistake told in one line (the usage is one --help away), and help that
+    shows defaults and settings (ledger.usage)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -425,65 +498,102 @@ def _token_name(text: str) -> str:
     return text
 
 
-def parser() -> argparse.ArgumentParser:
-    top = Parser(prog="ledger", description="Consent Ledger: a signed, append-only consent log.")
-    top.add_argument("--version", action="version", version=f"ledger {version('consent-ledger')}")
-    commands = top.add_subparsers(dest="command", required=True)
+# The settings each command reads, for its --help (ledger.usage adds their defaults).
+DATABASE = ("LEDGER_DATABASE_URL", "LEDGER_DATA_DIR")
+KEY = ("LEDGER_SIGNING_KEY", "LEDGER_LOG_ORIGIN", "LEDGER_KEY_NAME")
+NO_SETTINGS: tuple[str, ...] = ()
 
-    serve = commands.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_bounded("port", 1, 65535), default=8080)
+
+def _command(
+    commands: "argparse._SubParsersAction[Parser]", name: str, summary: str, reads: Sequence[str]
+) -> argparse.ArgumentParser:
+    """A subcommand whose help says what it does and, below its options, which settings it reads."""
+    return commands.add_parser(
+        name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=environment(reads)
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = Parser(
+        prog="ledger",
+        description="Consent Ledger: a signed, append-only consent log.",
+        epilog="Each command's --help lists the LEDGER_* settings it reads, with their defaults\n"
+        "(`ledger serve --help` lists all of them).",
+    )
+    top.add_argument("--version", action="version", version=f"ledger {version('consent-ledger')}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = _command(commands, "serve", "migrate the database, then run the HTTP service", setting_names())
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve.add_argument("--port", type=_bounded("port", 1, 65535), default=8080, help="the port to listen on")
     serve.add_argument(
-        "--workers", type=_bounded("worker count", 1, 256), help="server processes (default LEDGER_WORKERS, else 1)"
+        "--workers", type=_bounded("worker count", 1, 256), help="server processes (default: LEDGER_WORKERS, else 1)"
     )
     serve.set_defaults(run=cmd_serve)
 
-    commands.add_parser("migrate", help="apply pending migrations").set_defaults(run=cmd_migrate)
+    _command(commands, "migrate", "apply pending migrations", DATABASE).set_defaults(run=cmd_migrate)
 
-    token = commands.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
-    create = token.add_parser("create", help="create a token; prints it as the last line")
-    create.add_argument("--name", required=True, type=_token_name)
-    create.add_argument("--scope", required=True, action="append", choices=auth.SCOPES)
-    create.set_defaults(run=cmd_token_create)
-    token.add_parser("list", help="the active tokens: name, scopes, created (never the token)").set_defaults(
-        run=cmd_token_list
+    token = commands.add_parser("token", help="manage API tokens", description="Manage API tokens.")
+    tokens = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = _command(tokens, "create", "create a token; prints it as the last line", DATABASE)
+    create.add_argument("--name", required=True, type=_token_name, help="1 to 128 printable characters")
+    create.add_argument(
+        "--scope", required=True, action="append", choices=auth.SCOPES, help="a scope to grant; give it once per scope"
     )
-    revoke = token.add_parser("revoke", help="revoke the active token with this name")
-    revoke.add_argument("name", type=_token_name)
+    create.set_defaults(run=cmd_token_create)
+    listing = _command(tokens, "list", "the active tokens: name, scopes, created (never the token)", DATABASE)
+    listing.set_defaults(run=cmd_token_list)
+    revoke = _command(tokens, "revoke", "revoke the active token with this name", DATABASE)
+    revoke.add_argument("name", type=_token_name, help="the token's name")
     revoke.set_defaults(run=cmd_token_revoke)
 
-    keygen = commands.add_parser("keygen", help="write a new Ed25519 signing key; prints its verifier key last")
-    keygen.add_argument("--out", required=True)
+    keygen = _command(commands, "keygen", "write a new Ed25519 signing key; prints its verifier key last", KEY[1:])
+    keygen.add_argument("--out", required=True, help="the key file to write (mode 0600; never overwritten)")
     keygen.set_defaults(run=cmd_keygen)
 
-    export = commands.add_parser("export", help="write an audit bundle to a directory")
-    export.add_argument("--out", required=True)
-    export.add_argument("--start", type=int, help="first index")
-    export.add_argument("--end", type=int, help="one past the last index")
-    export.add_argument("--since", help="recorded at or after this RFC 3339 time")
-    export.add_argument("--until", help="recorded before this RFC 3339 time")
+    export = _command(commands, "export", "write an audit bundle to a directory (reads only)", DATABASE)
+    export.add_argument(
+        "--out", required=True, help="the bundle directory (created if missing; a bundle in it is replaced)"
+    )
+    export.add_argument("--start", type=int, help="first index (default: 0)")
+    export.add_argument("--end", type=int, help="one past the last index (default: the latest checkpoint's size)")
+    export.add_argument("--since", help="recorded at or after this RFC 3339 time (default: no lower bound)")
+    export.add_argument("--until", help="recorded before this RFC 3339 time (default: no upper bound)")
     export.set_defaults(run=cmd_export)
 
-    verify = commands.add_parser("verify", help="verify an audit bundle offline; exit 0 only if all verifies")
-    verify.add_argument("bundle")
+    verify = _command(
+        commands, "verify", "verify an audit bundle offline; exit 0 only if all of it verifies", NO_SETTINGS
+    )
+    verify.add_argument("bundle", help="the bundle directory (`ledger export --out`)")
     verify.add_argument("--key", required=True, help="the verifier key (or a file holding it)")
-    verify.add_argument("--previous-checkpoint", help="a checkpoint held from earlier, to rule out truncation")
+    verify.add_argument(
+        "--previous-checkpoint", help="a checkpoint held from earlier, to rule out truncation (default: none)"
+    )
     verify.set_defaults(run=cmd_verify)
 
-    state = commands.add_parser(
-        "verify-state", help="refold the signed log and compare the projection's state table; exit 1 on a difference"
+    state = _command(
+        commands,
+        "verify-state",
+        "refold the signed log and compare the projection's state table; exit 1 on a difference (reads only)",
+        (*DATABASE, "LEDGER_SIGNING_KEY"),
     )
     state.set_defaults(run=cmd_verify_state)
 
-    purposes = commands.add_parser("purposes", help="the purpose registry").add_subparsers(dest="action", required=True)
-    publish = purposes.add_parser(
-        "publish", help="publish a registry file into the log; prints its index, and the consistency token last"
+    purposes = commands.add_parser("purposes", help="the purpose registry", description="The purpose registry.")
+    registry = purposes.add_subparsers(dest="action", required=True, metavar="ACTION")
+    publish = _command(
+        registry,
+        "publish",
+        "publish a registry file into the log; prints its index, and the consistency token last",
+        (*DATABASE, *KEY),
     )
     publish.add_argument("file", help="a TOML registry (the LEDGER_PURPOSES format)")
     publish.set_defaults(run=cmd_purposes_publish)
 
-    receipt = commands.add_parser("verify-receipt", help="verify one receipt offline")
-    receipt.add_argument("receipt")
+    receipt = _command(
+        commands, "verify-receipt", "verify one receipt, or every receipt of a person's export, offline", NO_SETTINGS
+    )
+    receipt.add_argument("receipt", help="a receipt, a person's export or a history (JSON)")
     receipt.add_argument("--key", required=True, help="the verifier key (or a file holding it)")
     receipt.set_defaults(run=cmd_verify_receipt)
     return top

@@ -11,6 +11,7 @@ from typing import Self
 
 from ledger import auth, metrics
 from ledger.appender import Appender
+from ledger.core.entry import format_time
 from ledger.core.note import Signer, Verifier
 from ledger.core.purposes import Registry
 from ledger.core.registry import same_registry
@@ -95,7 +96,7 @@ class Services:
         try:
             await stores.log.register_key(signer.verifier)
             if settings.admin_token:
-                await stores.tokens.ensure_token(ADMIN_TOKEN_NAME, auth.token_hash(settings.admin_token), ["admin"])
+                await bootstrap_admin_token(stores, settings.admin_token)
             appender = Appender(stores.log, signer, settings.log_origin)
             # LEDGER_PURPOSES (or the built-in registry) seeds a log that has none; afterwards
             # the log's registry is in force, whatever this process was started with.
@@ -139,6 +140,18 @@ class Services:
         except Exception:
             return False
         return self.integrity.intact and self.appender.running and self.projection.fresh()
+
+
+async def bootstrap_admin_token(stores: Stores, token: str) -> None:
+    """LEDGER_ADMIN_TOKEN becomes the active token of that name. A new value revokes the token
+    the previous value made, which would otherwise go unnoticed until its holders get 401."""
+    replaced = await stores.tokens.ensure_token(ADMIN_TOKEN_NAME, auth.token_hash(token), ["admin"])
+    if replaced is not None:
+        logging.getLogger("ledger").warning(
+            "LEDGER_ADMIN_TOKEN has a new value: the previous bootstrap admin token (created %s) is revoked, "
+            "and whoever still uses it gets 401",
+            format_time(replaced),
+        )
 
 
 def report_drift(settings: Settings, in_force: Registry, index: int) -> None:

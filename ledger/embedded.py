@@ -27,7 +27,7 @@ import psutil
 
 from ledger.errors import ConfigError, StorageError
 from ledger.settings import Settings
-from ledger.storage.database import ensure_database
+from ledger.storage.database import database_exists, ensure_database
 
 DATABASE = "ledger"
 log = logging.getLogger("ledger.embedded")
@@ -65,8 +65,28 @@ def _quiet_import() -> Any:
     return pgserver
 
 
-def start(data_dir: Path) -> tuple[Any, str]:
-    """Start (or join) the server in `data_dir`; return its handle and the server's URL."""
+class NoCluster(ConfigError):
+    """A command that only reads found no embedded database where it looked."""
+
+
+def has_cluster(data_dir: Path) -> bool:
+    """Whether `data_dir` holds an embedded PostgreSQL cluster (initdb writes PG_VERSION)."""
+    return (data_dir / "postgres" / "PG_VERSION").is_file()
+
+
+def no_cluster(data_dir: Path) -> NoCluster:
+    return NoCluster(
+        f"no embedded database in {data_dir}: this command only reads and creates none; "
+        "set LEDGER_DATA_DIR to the server's data directory, or LEDGER_DATABASE_URL to its database"
+    )
+
+
+def start(data_dir: Path, create: bool = True) -> tuple[Any, str]:
+    """Start (or join) the server in `data_dir`; return its handle and the server's URL. Without
+    `create`, a data directory without a cluster is a NoCluster error rather than a new cluster
+    (pgserver runs initdb wherever it finds none)."""
+    if not create and not has_cluster(data_dir):
+        raise no_cluster(data_dir)
     pgserver = _quiet_import()
     pgdata = data_dir / "postgres"
     logged = _log_size(pgdata)
@@ -239,10 +259,18 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-async def resolve_database(settings: Settings) -> tuple[str, Any]:
-    """The URL to use, starting (or joining) the embedded server when none is configured."""
+async def resolve_database(settings: Settings, create: bool = True) -> tuple[str, Any]:
+    """The URL to use, starting (or joining) the embedded server when none is configured. Without
+    `create`, nothing is created: no cluster, no database (NoCluster instead)."""
     if settings.database_url:
         return settings.database_url, None
-    server, server_url = start(settings.data_dir)
-    await ensure_database(server_url, DATABASE)
+    server, server_url = start(settings.data_dir, create)
+    try:
+        if create:
+            await ensure_database(server_url, DATABASE)
+        elif not await database_exists(server_url, DATABASE):
+            raise no_cluster(settings.data_dir)
+    except BaseException:
+        server.cleanup()
+        raise
     return with_database(server_url, DATABASE), server

@@ -48,3 +48,13 @@ async def ensure_database(server_url: str, name: str) -> None:
                     await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
+
+
+async def database_exists(server_url: str, name: str) -> bool:
+    """Whether database `name` exists on the server, creating nothing (embedded mode, read-only commands)."""
+    with translated():
+        conn = await asyncpg.connect(server_url)
+        try:
+            return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
+        finally:
+            await conn.close()

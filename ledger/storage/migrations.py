@@ -68,13 +68,7 @@ async def migrate(url: str, directory: Path | None = None) -> list[str]:
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
             done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT * FROM schema_migrations")}
-            for migration in pending:
-                if migration.version in done:
-                    if done[migration.version] != migration.checksum:
-                        raise MigrationError(
-                            f"migration {migration.version:04d}_{migration.name} was edited after it was applied"
-                        )
-                    continue
+            for migration in _unapplied(pending, done):
                 async with conn.transaction():
                     await conn.execute(migration.sql)
                     await conn.execute(
@@ -87,6 +81,32 @@ async def migrate(url: str, directory: Path | None = None) -> list[str]:
         finally:
             await conn.close()
     return applied_now
+
+
+def _unapplied(known: list[Migration], done: dict[int, str]) -> list[Migration]:
+    """The known migrations missing from `done` (version -> checksum); refuse an applied one that was edited.
+    Versions applied that this code does not know (a newer ledger migrated) are left alone."""
+    for migration in known:
+        if migration.version in done and done[migration.version] != migration.checksum:
+            raise MigrationError(f"migration {migration.version:04d}_{migration.name} was edited after it was applied")
+    return [m for m in known if m.version not in done]
+
+
+async def unapplied(url: str, directory: Path | None = None) -> list[str] | None:
+    """The migrations this ledger has that the database lacks, changing nothing (for commands that
+    only read); None if the database has no ledger schema at all."""
+    known = discover(directory or default_directory())
+    with translated():
+        conn = await asyncpg.connect(url)
+        try:
+            if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+                return None
+            done = {
+                r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+            }
+        finally:
+            await conn.close()
+    return [f"{m.version:04d}_{m.name}" for m in _unapplied(known, done)]
 
 
 # PostgreSQL's `$` matches only at the very end (its regexes are not newline-sensitive by

@@ -42,16 +42,17 @@ class TokenStore:
                     raise NameTaken(f"an active token named {name!r} exists; revoke it first") from None
                 raise
 
-    async def ensure_token(self, name: str, token_hash: bytes, scopes: Sequence[str]) -> None:
-        """Make `token_hash` the one active token called `name` (LEDGER_ADMIN_TOKEN's bootstrap)."""
+    async def ensure_token(self, name: str, token_hash: bytes, scopes: Sequence[str]) -> datetime | None:
+        """Make `token_hash` the one active token called `name` (LEDGER_ADMIN_TOKEN's bootstrap).
+        Return when the token it replaced, now revoked, was created; None if nothing was replaced."""
         with translated():
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", name)
-                current = await conn.fetchval(
-                    "SELECT token_hash FROM api_tokens WHERE name = $1 AND revoked_at IS NULL", name
+                current = await conn.fetchrow(
+                    "SELECT token_hash, created_at FROM api_tokens WHERE name = $1 AND revoked_at IS NULL", name
                 )
-                if current is not None and bytes(current) == token_hash:
-                    return
+                if current is not None and bytes(current["token_hash"]) == token_hash:
+                    return None
                 await conn.execute(
                     "UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", name
                 )
@@ -62,6 +63,12 @@ class TokenStore:
                     token_hash,
                     list(scopes),
                 )
+                if current is None:
+                    return None
+                # Running servers drop the old token from their caches when this commits.
+                await conn.execute("SELECT pg_notify($1, $2)", TOKEN_CHANNEL, name)
+                replaced: datetime = current["created_at"]
+                return replaced
 
     async def revoke_token(self, name: str) -> int:
         with translated():

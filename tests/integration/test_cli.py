@@ -11,14 +11,20 @@ import httpx
 from ledger.core.checkpoint import open_checkpoint
 from ledger.core.note import Verifier
 from ledger.keys import read_key_file
+from ledger.settings import KNOWN, Settings
 
-from .server import running_server
+from .server import running_server, server_env
 
 
-def ledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def ledger(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     return subprocess.run(
-        [sys.executable, "-m", "ledger", *args], env={**clean, **env}, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "ledger", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
 
 
@@ -121,3 +127,76 @@ def test_keygen_warns_when_the_key_would_not_be_named_after_the_servers_origin(t
         "keygen", "--out", str(tmp_path / "c.key"), env={"LEDGER_LOG_ORIGIN": "x.example/log", "LEDGER_KEY_NAME": "y"}
     )
     assert "differs from the log origin" in other.stderr
+
+
+COMMANDS = (
+    ["serve"],
+    ["migrate"],
+    ["token", "create"],
+    ["token", "list"],
+    ["token", "revoke"],
+    ["keygen"],
+    ["export"],
+    ["verify"],
+    ["verify-state"],
+    ["purposes", "publish"],
+    ["verify-receipt"],
+)
+
+
+def test_help_lists_defaults_and_the_settings_each_command_reads() -> None:
+    helps = {}
+    for command in COMMANDS:
+        result = ledger(*command, "--help", env={})
+        assert result.returncode == 0, result.stderr
+        helps[" ".join(command)] = result.stdout
+    serve = helps["serve"]
+    assert "--port PORT        the port to listen on (default: 8080)" in serve
+    words = " ".join(serve.split())  # the epilog's lines are wrapped
+    assert "(default: 127.0.0.1)" in serve
+    assert "(default: LEDGER_WORKERS, else 1)" in serve
+    # Every setting the ledger knows is listed, its _FILE variant beside it.
+    for name in KNOWN:
+        assert name in serve, name
+    assert f"(default: {Settings().data_dir})" in words
+    assert f"(default: {Settings().consistency_wait_ms})" in words
+    for command in ("migrate", "token create", "token list", "token revoke", "export", "verify-state"):
+        assert "LEDGER_DATABASE_URL, or LEDGER_DATABASE_URL_FILE" in helps[command], command
+        assert "LEDGER_DATA_DIR" in helps[command], command
+        assert "LEDGER_WORKERS" not in helps[command], command
+    assert "LEDGER_SIGNING_KEY" in helps["verify-state"]
+    assert "LEDGER_LOG_ORIGIN" in helps["keygen"]
+    assert "LEDGER_DATABASE_URL" not in helps["keygen"]
+    for command in ("verify", "verify-receipt", "keygen"):
+        assert "LEDGER_DATA" not in helps[command], command
+        assert "This command uses no database." in helps[command], command
+    assert "(default: no lower bound)" in " ".join(helps["export"].split())
+    top = ledger("--help", env={})
+    assert "--help lists the LEDGER_* settings" in top.stdout
+
+
+def test_a_new_admin_token_revokes_the_previous_one_and_says_so(database_url: str, tmp_path: Path) -> None:
+    first, second = "first-admin-token-" + "a" * 32, "second-admin-token-" + "b" * 32
+    env = server_env(database_url, tmp_path)
+
+    def status(base: str, token: str) -> int:
+        return httpx.get(f"{base}/v1/webhooks", headers={"Authorization": f"Bearer {token}"}).status_code
+
+    with running_server({**env, "LEDGER_ADMIN_TOKEN": first}) as base:
+        assert status(base, first) == 200
+    assert "revoked" not in base.output()  # the first bootstrap replaces nothing
+    with running_server({**env, "LEDGER_ADMIN_TOKEN": second}) as base:
+        assert status(base, second) == 200
+        assert status(base, first) == 401
+    warnings = [line for line in base.output().splitlines() if "LEDGER_ADMIN_TOKEN" in line]
+    assert len(warnings) == 1, base.output()
+    assert "warning" in warnings[0].lower()  # a text or a JSON log line
+    assert "the previous bootstrap admin token (created " in warnings[0]
+    assert "is revoked" in warnings[0]
+    assert first not in base.output()
+    assert second not in base.output()
+    with running_server({**env, "LEDGER_ADMIN_TOKEN": second}, workers=2) as base:
+        assert status(base, second) == 200
+    assert "revoked" not in base.output()  # the same value again: nothing replaced
+    listed = ledger("token", "list", env=env)
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["LEDGER_ADMIN_TOKEN"]

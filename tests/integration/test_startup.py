@@ -186,6 +186,7 @@ def test_every_command_given_junk_fails_in_one_line(junk: dict[str, Path], datab
             or "unexpected" in output
             or PASSWORD in output
             or len(problems) != 1
+            or result.stderr.strip().splitlines()[-1] != problems[0]  # last, after any "database:" line
         ):
             failures.append(f"ledger {args} with {env}: exit {result.returncode}\n{output[-2000:]}")
     assert not failures, f"{len(failures)} commands misbehaved:\n\n" + "\n\n".join(failures)
@@ -247,8 +248,9 @@ def test_an_embedded_server_that_cannot_start_is_one_line(tmp_path: Path) -> Non
     (data / "postgres" / "PG_VERSION").write_text("9\n")  # a cluster of another major version
     result = ledger("serve", env={"LEDGER_DATA_DIR": str(data)})
     assert result.returncode == 1
-    lines = [line for line in result.stderr.splitlines() if "ledger" in line]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ledger")]
     assert len(lines) == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == lines[0]  # after the line naming the database
     assert f"the embedded PostgreSQL in {data / 'postgres'} cannot start" in lines[0]
     assert "incompatible" in lines[0]
     assert "Traceback" not in result.stderr
