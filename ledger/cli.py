@@ -99,6 +99,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         for name in asyncio.run(migrations.migrate(url)):
             log.info("applied migration %s", name)
         signer = keys.load_signer(settings)
+        from ledger.integrity import check_signers  # imports prometheus_client: after prepare_metrics_dir
+
+        trusted = keys.log_keys(signer, settings.trusted_keys)
+        asyncio.run(_with_store(url, lambda store: check_signers(store.log, trusted)))  # else each worker fails
         log.info("log origin %s, signing as %s", settings.log_origin, signer.verifier.vkey)
         # Workers are separate processes: hand them the resolved database and key so none of
         # them starts its own embedded server or generates a key of its own.
@@ -268,7 +272,7 @@ def cmd_verify(args: argparse.Namespace, _: Settings) -> int:
     from ledger.core.verify import verify_bundle
 
     bundle = Path(args.bundle)
-    verifier = _verifier(args.key)
+    verifiers = [_verifier(key) for key in args.key]
     proofs = bundle / export.PROOFS
     held = read_text(Path(args.previous_checkpoint), "--previous-checkpoint") if args.previous_checkpoint else None
     if not bundle.is_dir():
@@ -283,7 +287,7 @@ def cmd_verify(args: argparse.Namespace, _: Settings) -> int:
         report = verify_bundle(
             _lines(bundle / export.ENTRIES),
             (bundle / export.CHECKPOINT).read_bytes().decode(),
-            [verifier],
+            verifiers,
             _lines(proofs) if proofs.exists() else None,
             held,
             progress,
@@ -318,14 +322,14 @@ def cmd_verify_receipt(args: argparse.Namespace, _: Settings) -> int:
     """One receipt, or a person's export (or a history): every receipt in it."""
     from ledger.core.verify import verify_receipts
 
-    verifier = _verifier(args.key)
+    verifiers = [_verifier(key) for key in args.key]
     path = Path(args.receipt)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the receipt ({exc.strerror})") from None
     try:
-        found = verify_receipts(data, [verifier])
+        found = verify_receipts(data, verifiers)
     except (LedgerError, UnicodeError) as exc:
         # LedgerError: VerificationError and whatever the decoding reports about a malformed
         # receipt; UnicodeError: bytes that are not text at all.
@@ -379,10 +383,10 @@ def cmd_verify_state(_: argparse.Namespace, settings: Settings) -> int:
     path = settings.signing_key_path
     if not path.exists():
         raise ConfigError(f"no signing key at {path}: set LEDGER_SIGNING_KEY or LEDGER_DATA_DIR as the server has them")
-    verifier = keys.read_key_file(path).verifier
+    verifiers = keys.log_keys(keys.read_key_file(path), settings.trusted_keys)
 
     async def run(store: Stores):  # type: ignore[no-untyped-def]
-        return await verify_state(store.log, [verifier], lambda done, total: _progress("refolded", done, total))
+        return await verify_state(store.log, verifiers, lambda done, total: _progress("refolded", done, total))
 
     with database(settings) as url:
         try:
@@ -466,7 +470,7 @@ def parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="verify an audit bundle offline; exit 0 only if all verifies")
     verify.add_argument("bundle")
-    verify.add_argument("--key", required=True, help="the verifier key (or a file holding it)")
+    verify.add_argument("--key", action="append", required=True, help="a verifier key you trust (or its file)")
     verify.add_argument("--previous-checkpoint", help="a checkpoint held from earlier, to rule out truncation")
     verify.set_defaults(run=cmd_verify)
 
@@ -484,7 +488,7 @@ def parser() -> argparse.ArgumentParser:
 
     receipt = commands.add_parser("verify-receipt", help="verify one receipt offline")
     receipt.add_argument("receipt")
-    receipt.add_argument("--key", required=True, help="the verifier key (or a file holding it)")
+    receipt.add_argument("--key", action="append", required=True, help="a verifier key you trust (or its file)")
     receipt.set_defaults(run=cmd_verify_receipt)
     return top
 

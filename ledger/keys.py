@@ -1,12 +1,51 @@
-"""The signing key file: created with mode 0600, read back with its name checked."""
+"""The signing key file (created with mode 0600, read back with its name checked), and the key
+ring: the key this process signs with and every log key it trusts.
+
+Trust in a log key comes only from this process's configuration, never from the database: the
+`signing_keys` table records which keys signed, but whoever can write to the database could add
+a key there too. After a rotation the earlier keys' verifier keys are configured in
+LEDGER_TRUSTED_KEYS, which is also how a replica still signing with the old key learns to trust
+the new one during a rolling rotation.
+"""
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from ledger.core.errors import NoteError
-from ledger.core.note import Signer
+from ledger.core.note import Signer, Verifier
 from ledger.errors import ConfigError
 from ledger.settings import Settings
+
+
+class KeyRing(NamedTuple):
+    """The log key this process signs checkpoints with (the active one), the other log keys it
+    trusts, and the webhook key derived from the active one."""
+
+    signer: Verifier
+    others: tuple[Verifier, ...]
+    webhook: Verifier
+
+    @property
+    def log_keys(self) -> list[Verifier]:
+        """Every log key whose checkpoints this process accepts, the active one first."""
+        return [self.signer, *self.others]
+
+    def trusts(self, key_id: str) -> bool:
+        return any(v.id.hex() == key_id for v in self.log_keys)
+
+
+def log_keys(signer: Signer, trusted: tuple[str, ...]) -> list[Verifier]:
+    """The signer's verifier key, then the others of LEDGER_TRUSTED_KEYS (`trusted`), each once."""
+    found = {signer.verifier.id: signer.verifier}
+    for verifier in map(Verifier.from_vkey, trusted):
+        found.setdefault(verifier.id, verifier)
+    return list(found.values())
+
+
+def key_ring(signer: Signer, trusted: tuple[str, ...], webhook: Verifier) -> KeyRing:
+    active, *others = log_keys(signer, trusted)
+    return KeyRing(active, tuple(others), webhook)
 
 
 def write_key_file(path: Path, name: str) -> Signer:
