@@ -1,9 +1,11 @@
 """Key rotation against a real server and database: key A signs, the server restarts with key B
 (A in LEDGER_TRUSTED_KEYS), and everything signed before and after still proves and verifies."""
 
+import base64
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -14,16 +16,19 @@ from typing import Any, NamedTuple
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
 
 from ledger.core.checkpoint import Checkpoint, open_checkpoint, parse_body, sign_checkpoint
 from ledger.core.errors import NoteError
 from ledger.core.note import Signer, Verifier
 from ledger.core.rfc6962 import leaf_hash
 from ledger.core.tree import CompactRange
+from ledger.core.webhooks import signed_content
 from ledger.keys import write_key_file
 from ledger.webhooks import webhook_verifier
 
 from .conftest import ORIGIN
+from .receiver import Receiver
 from .server import ADMIN_TOKEN, Base, free_port, running_server, server_env
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -38,6 +43,23 @@ def ledger(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         text=True,
         timeout=120,
     )
+
+
+def serve_until_exit(env: dict[str, str], within: float = 60) -> tuple[int, str]:
+    """`ledger serve` expected to refuse: its exit status and stderr. Should it serve instead, it
+    and its workers (its own process group) are stopped, and the status is the signal's."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    command = [sys.executable, "-m", "ledger", "serve", "--port", str(free_port())]
+    with subprocess.Popen(
+        command, env={**clean, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as proc:  # fmt: skip
+        try:
+            _, stderr = proc.communicate(timeout=within)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, stderr = proc.communicate()
+    return proc.returncode, stderr
 
 
 def consent(device: str, purpose: str = "telemetry", action: str = "grant") -> dict[str, Any]:
@@ -221,10 +243,11 @@ def test_a_server_refuses_a_log_signed_by_a_key_it_does_not_trust(
 ) -> None:
     before_rotation(database_url, tmp_path, keys)
     forgot = env_with(database_url, tmp_path / "b", keys.new_file)
-    started = ledger("serve", "--port", str(free_port()), env=forgot)
-    assert started.returncode == 2, started.stdout
-    assert f"signed by {keys.old.verifier.vkey}, a key this server does not trust" in started.stderr
-    assert "LEDGER_TRUSTED_KEYS" in started.stderr
+    returncode, stderr = serve_until_exit(forgot)
+    assert returncode == 2
+    [line] = [line for line in stderr.splitlines() if "ledger:" in line]
+    assert f"signed by {keys.old.verifier.vkey}, a key this server does not trust" in line
+    assert "LEDGER_TRUSTED_KEYS" in line
     # verify-state is no different: the old key's checkpoints verify only when it is trusted.
     assert ledger("verify-state", env=forgot).returncode == 1
     state = ledger("verify-state", env=env_with(database_url, tmp_path / "b", keys.new_file, keys.old))
@@ -273,3 +296,36 @@ def test_devices_erased_before_the_rotation_stay_erased_with_the_old_key_as_tomb
         # Still refused, but no longer known as erased: what the README's rotation steps warn about.
         decision = get(c, "/v1/check", device_id="erase-me", purpose="telemetry").json()
         assert (decision["allowed"], decision["reason"]) == (False, "no_consent")
+
+
+def test_webhook_v1a_signatures_rotate_with_the_log_key(database_url: str, tmp_path: Path, keys: Keys) -> None:
+    """The webhook key is derived from the log key: after the restart deliveries carry `v1a` by
+    the new key's webhook key, the one /v1/keys lists; `v1` (the subscription's secret) stays."""
+    receiver = Receiver().start()
+    try:
+        private = {"LEDGER_WEBHOOK_ALLOW_PRIVATE": "true"}
+        with running_server(env_with(database_url, tmp_path / "a", keys.old_file, **private)) as a:
+            created = httpx.post(f"{a}/v1/webhooks", json={"url": receiver.url, "events": ["consent.withdrawn"]},
+                                 headers=ADMIN)  # fmt: skip
+            assert created.status_code == 201, created.text
+            secret = created.json()["secret"]
+            record(a, consent("hooked"))
+            record(a, consent("hooked", action="withdraw"))
+            receiver.wait_for(1, 10)
+        with running_server(env_with(database_url, tmp_path / "b", keys.new_file, keys.old, **private)) as b:
+            record(b, consent("hooked", action="withdraw"))
+            before, after = receiver.wait_for(2, 10)
+            [listed] = [
+                k["vkey"] for k in httpx.get(f"{b}/v1/keys").json()["keys"] if k["key_name"].endswith("/webhooks")
+            ]
+    finally:
+        receiver.stop()
+    old_hooks, new_hooks = webhook_verifier(keys.old), webhook_verifier(keys.new)
+    assert listed == new_hooks.vkey
+    for got, signer, other in ((before, old_hooks, new_hooks), (after, new_hooks, old_hooks)):
+        Webhook(secret).verify(got.body, got.headers)
+        [v1a] = [p for p in got.headers["webhook-signature"].split(" ") if p.startswith("v1a,")]
+        content = signed_content(got.headers["webhook-id"], int(got.headers["webhook-timestamp"]), got.body)
+        signature = base64.b64decode(v1a.removeprefix("v1a,"))
+        assert signer.verify(content, signature)
+        assert not other.verify(content, signature)
