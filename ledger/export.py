@@ -1,11 +1,11 @@
 """Audit exports: the bundle (CONTRACT section 4) as files or as a tar stream, in constant memory.
 
 A bundle holds entries.ndjson (each line exactly the entry bytes), checkpoint (the signed note
-whose tree covers them), keys (the verifier keys of every key that signed a checkpoint of the log,
-one per line: after a rotation the earlier ones too; a verifier takes them as a hint, never as
-trust) and, when filtered,
-proofs.ndjson (an inclusion proof per entry into the checkpoint's tree). Entries are read page by
-page and proofs are built a page at a time from one query for the nodes they need.
+whose tree covers them), keys (the verifier keys of every key that signed a checkpoint of the
+log, one per line, after a rotation the earlier ones too: a hint for the verifier, never trusted
+by it) and, when filtered, proofs.ndjson (an inclusion proof per entry into the checkpoint's
+tree). Entries are read page by page and proofs are built a page at a time from one query for
+the nodes they need.
 """
 
 import tarfile
