@@ -99,10 +99,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         for name in asyncio.run(migrations.migrate(url)):
             log.info("applied migration %s", name)
         signer = keys.load_signer(settings)
-        from ledger.integrity import check_signers  # imports prometheus_client: after prepare_metrics_dir
-
         trusted = keys.log_keys(signer, settings.trusted_keys)
-        asyncio.run(_with_store(url, lambda store: check_signers(store.log, trusted)))  # else each worker fails
+        asyncio.run(_with_store(url, lambda store: keys.check_signers(store.log, trusted)))  # else each worker fails
         log.info("log origin %s, signing as %s", settings.log_origin, signer.verifier.vkey)
         # Workers are separate processes: hand them the resolved database and key so none of
         # them starts its own embedded server or generates a key of its own.

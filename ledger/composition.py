@@ -14,8 +14,8 @@ from ledger.appender import Appender
 from ledger.core.note import Signer
 from ledger.core.purposes import Registry
 from ledger.core.registry import same_registry
-from ledger.integrity import Integrity, ProvenLog, check_signers
-from ledger.keys import KeyRing, key_ring
+from ledger.integrity import Integrity, ProvenLog
+from ledger.keys import KeyRing, check_signers, key_ring
 from ledger.projection import Projection
 from ledger.services.access import Access
 from ledger.services.auditing import Auditing

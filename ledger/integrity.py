@@ -10,8 +10,8 @@ inclusion proof built from the stored nodes, must lead to the signed root.
 The process accepts checkpoints signed by any log key it trusts (ledger/keys.py: the key it
 signs with and LEDGER_TRUSTED_KEYS), so entries covered by a checkpoint signed before a key
 rotation are proven against the old key's signature. Which keys those are comes from its
-configuration, never from the database's own list of keys; `check_signers` refuses to start on a
-log that a key it does not trust has signed.
+configuration, never from the database's own list of keys; `keys.check_signers` refuses to start
+on a log that a key it does not trust has signed.
 
 A mismatch is reported once as a LogCorrupted error (RFC 9457 `log-corrupted`), counted in a
 metric, and makes this process unready for good: an operator must look before it serves again.
@@ -30,7 +30,7 @@ from ledger.core.note import Verifier
 from ledger.core.proof import InclusionVerifier, ManyProofs, leaves_nodes, verify_leaves
 from ledger.core.registry import RegistryEntry, parse_registry_entry
 from ledger.core.rfc6962 import leaf_hash
-from ledger.errors import ConfigError, LogCorrupted, StorageError
+from ledger.errors import LogCorrupted, StorageError
 from ledger.services.stores import LogReads
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "ProvenLog",
     "ProvenRegistry",
     "SignedTree",
-    "check_signers",
     "log",
 ]
 
@@ -65,20 +64,6 @@ class Integrity:
     @property
     def intact(self) -> bool:
         return self.problem is None
-
-
-async def check_signers(store: LogReads, trusted: Sequence[Verifier]) -> None:
-    """Refuse (ConfigError) a log with checkpoints signed by a log key not among `trusted`:
-    most likely a rotation whose earlier key was left out of LEDGER_TRUSTED_KEYS; otherwise
-    someone else's key, which is for an operator to look into before anything is served."""
-    ids = {v.id.hex() for v in trusted}
-    for key in await store.keys():
-        if key.signed and key.key_id not in ids:
-            raise ConfigError(
-                f"the log's checkpoints of sizes {key.first_size} to {key.last_size} are signed by {key.vkey}, "
-                "a key this server does not trust: if it is the log's key from before a rotation, "
-                "add it to LEDGER_TRUSTED_KEYS; if it is not a key of yours, the database was written by another signer"
-            )
 
 
 class SignedTree(NamedTuple):
