@@ -162,6 +162,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         for name in asyncio.run(migrations.migrate(url)):
             log.info("applied migration %s", name)
         signer = keys.load_signer(settings)
+        trusted = keys.log_keys(signer, settings.trusted_keys)
+        asyncio.run(_with_store(url, lambda store: keys.check_signers(store.log, trusted)))  # else each worker fails
         log.info("log origin %s, signing as %s", settings.log_origin, signer.verifier.vkey)
         # Workers are separate processes: hand them the resolved database and key so none of
         # them starts its own embedded server or generates a key of its own.
@@ -323,7 +325,7 @@ def cmd_verify(args: argparse.Namespace, _: Settings) -> int:
     from ledger.core.verify import verify_bundle
 
     bundle = Path(args.bundle)
-    verifier = _verifier(args.key)
+    verifiers = [_verifier(key) for key in args.key]
     proofs = bundle / export.PROOFS
     held = read_text(Path(args.previous_checkpoint), "--previous-checkpoint") if args.previous_checkpoint else None
     if not bundle.is_dir():
@@ -335,7 +337,7 @@ def cmd_verify(args: argparse.Namespace, _: Settings) -> int:
             report = verify_bundle(
                 _lines(bundle / export.ENTRIES),
                 (bundle / export.CHECKPOINT).read_bytes().decode(),
-                [verifier],
+                verifiers,
                 _lines(proofs) if proofs.exists() else None,
                 held,
                 progress.update,
@@ -370,14 +372,14 @@ def cmd_verify_receipt(args: argparse.Namespace, _: Settings) -> int:
     """One receipt, or a person's export (or a history): every receipt in it."""
     from ledger.core.verify import verify_receipts
 
-    verifier = _verifier(args.key)
+    verifiers = [_verifier(key) for key in args.key]
     path = Path(args.receipt)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the receipt ({exc.strerror})") from None
     try:
-        found = verify_receipts(data, [verifier])
+        found = verify_receipts(data, verifiers)
     except (LedgerError, UnicodeError) as exc:
         # LedgerError: VerificationError and whatever the decoding reports about a malformed
         # receipt; UnicodeError: bytes that are not text at all.
@@ -428,13 +430,13 @@ def cmd_purposes_publish(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_verify_state(_: argparse.Namespace, settings: Settings) -> int:
     from ledger.state_check import verify_state
 
-    def server_verifier() -> Verifier:
+    def server_verifiers() -> list[Verifier]:
         path = settings.signing_key_path
         if not path.exists():
             raise ConfigError(
                 f"no signing key at {path}: set LEDGER_SIGNING_KEY or LEDGER_DATA_DIR as the server has them"
             )
-        return keys.read_key_file(path).verifier
+        return keys.log_keys(keys.read_key_file(path), settings.trusted_keys)
 
     async def run(store: Stores):  # type: ignore[no-untyped-def]
         bar: Progress | None = None
@@ -445,14 +447,14 @@ def cmd_verify_state(_: argparse.Namespace, settings: Settings) -> int:
             bar.update(done)
 
         try:
-            return await verify_state(store.log, [verifier], progress)
+            return await verify_state(store.log, verifiers, progress)
         finally:
             if bar is not None:
                 bar.close()
 
     # The database first: a data directory without one is the mistake to name, not its missing key.
     with database(settings, read_only=True) as url:
-        verifier = server_verifier()
+        verifiers = server_verifiers()
         try:
             report = asyncio.run(_with_store(url, run, read_only=True))
         except VerificationError as exc:
@@ -565,7 +567,9 @@ def parser() -> argparse.ArgumentParser:
         commands, "verify", "verify an audit bundle offline; exit 0 only if all of it verifies", NO_SETTINGS
     )
     verify.add_argument("bundle", help="the bundle directory (`ledger export --out`)")
-    verify.add_argument("--key", required=True, help="the verifier key (or a file holding it)")
+    verify.add_argument(
+        "--key", action="append", required=True, help="a verifier key you trust (or its file); repeat for earlier keys"
+    )
     verify.add_argument(
         "--previous-checkpoint", help="a checkpoint held from earlier, to rule out truncation (default: none)"
     )
@@ -594,7 +598,9 @@ def parser() -> argparse.ArgumentParser:
         commands, "verify-receipt", "verify one receipt, or every receipt of a person's export, offline", NO_SETTINGS
     )
     receipt.add_argument("receipt", help="a receipt, a person's export or a history (JSON)")
-    receipt.add_argument("--key", required=True, help="the verifier key (or a file holding it)")
+    receipt.add_argument(
+        "--key", action="append", required=True, help="a verifier key you trust (or its file); repeat for earlier keys"
+    )
     receipt.set_defaults(run=cmd_verify_receipt)
     return top
 

@@ -12,10 +12,11 @@ from typing import Self
 from ledger import auth, metrics
 from ledger.appender import Appender
 from ledger.core.entry import format_time
-from ledger.core.note import Signer, Verifier
+from ledger.core.note import Signer
 from ledger.core.purposes import Registry
 from ledger.core.registry import same_registry
 from ledger.integrity import Integrity, ProvenLog
+from ledger.keys import KeyRing, check_signers, key_ring
 from ledger.projection import Projection
 from ledger.services.access import Access
 from ledger.services.auditing import Auditing
@@ -27,7 +28,7 @@ from ledger.services.registry import RegistryService
 from ledger.services.webhook_admin import WebhookAdmin
 from ledger.settings import Settings
 from ledger.storage import Stores, create_pool, migrations, open_stores
-from ledger.webhooks import Dispatcher, webhook_key
+from ledger.webhooks import Dispatcher, webhook_key, webhook_verifier
 
 __all__ = ["ADMIN_TOKEN_NAME", "Services", "report_drift"]
 
@@ -43,6 +44,7 @@ class Services:
         settings: Settings,
         stores: Stores,
         signer: Signer,
+        ring: KeyRing,
         appender: Appender,
         projection: Projection,
         dispatcher: Dispatcher,
@@ -54,7 +56,7 @@ class Services:
         self.dispatcher = dispatcher
         tombstone: Callable[[str], bytes] = tombstone_hasher(settings.tombstone_key, signer)
         self.integrity = Integrity()
-        proven = ProvenLog(stores.log, [signer.verifier], self.integrity)
+        proven = ProvenLog(stores.log, ring.log_keys, self.integrity)
         self.position = Position(lambda: projection.applied, lambda: appender.tree_size or 0)
         self.access = Access(stores.tokens)
         self.registries = RegistryService(appender, projection, stores.log, proven, self.position)
@@ -68,14 +70,13 @@ class Services:
             tombstone,
             settings.consistency_wait_ms,
         )
-        webhook_verifier = Verifier(f"{signer.name}/webhooks", bytes(webhook_key(signer).verify_key))
         self.auditing = Auditing(
             lambda: projection.registry,
             self.registries.versions,
             stores.log,
             stores.subjects,
             proven,
-            [signer.verifier, webhook_verifier],
+            ring,
             self.position,
         )
         self.erasure = Erasure(appender, tombstone, self.position)
@@ -93,8 +94,11 @@ class Services:
     async def open(cls, settings: Settings, database_url: str, signer: Signer) -> Self:
         await migrations.migrate(database_url)
         stores = open_stores(await create_pool(database_url))
+        ring = key_ring(signer, settings.trusted_keys, webhook_verifier(signer))
         try:
             await stores.log.register_key(signer.verifier)
+            # Before anything is signed or served: a log that an untrusted key signed is refused.
+            await check_signers(stores.log, ring.log_keys)
             if settings.admin_token:
                 await bootstrap_admin_token(stores, settings.admin_token)
             appender = Appender(stores.log, signer, settings.log_origin)
@@ -112,9 +116,10 @@ class Services:
             )
             await projection.start()
             report_drift(settings, projection.registry, projection.registry_index)
-            key = webhook_key(signer)
-            await stores.log.register_key(Verifier(f"{signer.name}/webhooks", bytes(key.verify_key)))
-            dispatcher = Dispatcher(stores.outbox, key, allow_private=settings.webhook_allow_private)
+            # The webhook key is derived from the log key, so it rotates with it (README: Rotating
+            # the log key); it is recorded beside the log keys but never signs a checkpoint.
+            await stores.log.register_key(ring.webhook)
+            dispatcher = Dispatcher(stores.outbox, webhook_key(signer), allow_private=settings.webhook_allow_private)
             projection.log_listeners.append(dispatcher.ring)
             # The projection first: it must hold the batch before any receipt of it goes out.
             appender.on_commit.append(projection.apply_committed)
@@ -123,7 +128,7 @@ class Services:
         except BaseException:
             await stores.pool.close()
             raise
-        return cls(settings, stores, signer, appender, projection, dispatcher)
+        return cls(settings, stores, signer, ring, appender, projection, dispatcher)
 
     async def close(self) -> None:
         await self.dispatcher.stop()

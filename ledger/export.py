@@ -1,9 +1,11 @@
 """Audit exports: the bundle (CONTRACT section 4) as files or as a tar stream, in constant memory.
 
 A bundle holds entries.ndjson (each line exactly the entry bytes), checkpoint (the signed note
-whose tree covers them), keys (the log's verifier keys, one per line) and, when filtered,
-proofs.ndjson (an inclusion proof per entry into the checkpoint's tree). Entries are read page by
-page and proofs are built a page at a time from one query for the nodes they need.
+whose tree covers them), keys (the verifier keys of every key that signed a checkpoint of the
+log, one per line, after a rotation the earlier ones too: a hint for the verifier, never trusted
+by it) and, when filtered, proofs.ndjson (an inclusion proof per entry into the checkpoint's
+tree). Entries are read page by page and proofs are built a page at a time from one query for
+the nodes they need.
 """
 
 import tarfile
@@ -22,7 +24,6 @@ from ledger.services.stores import LogReads
 
 PAGE = 10_000
 ENTRIES, CHECKPOINT, KEYS, PROOFS = "entries.ndjson", "checkpoint", "keys", "proofs.ndjson"
-WEBHOOK_KEY_SUFFIX = "/webhooks"
 _encode = msgspec.json.Encoder().encode
 
 
@@ -64,7 +65,8 @@ async def plan(
         raise InvalidRequest("until must be after since")
     if since is not None or until is not None:
         first, last = await log.index_range(first, last, since, until)
-    keys = [k.vkey for k in await log.keys() if not k.key_name.endswith(WEBHOOK_KEY_SUFFIX)]
+    # Webhook keys never sign a checkpoint, so they are left out by this alone.
+    keys = [k.vkey for k in await log.keys() if k.signed]
     return Plan(first, last, head.size, head.note, keys)
 
 

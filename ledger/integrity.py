@@ -7,6 +7,12 @@ a past time, a device's history, a person's export, a replayed receipt) first ch
 against a checkpoint whose signature this process verifies itself: the entry's leaf hash, and an
 inclusion proof built from the stored nodes, must lead to the signed root.
 
+The process accepts checkpoints signed by any log key it trusts (ledger/keys.py: the key it
+signs with and LEDGER_TRUSTED_KEYS), so entries covered by a checkpoint signed before a key
+rotation are proven against the old key's signature. Which keys those are comes from its
+configuration, never from the database's own list of keys; `keys.check_signers` refuses to start
+on a log that a key it does not trust has signed.
+
 A mismatch is reported once as a LogCorrupted error (RFC 9457 `log-corrupted`), counted in a
 metric, and makes this process unready for good: an operator must look before it serves again.
 """
@@ -27,7 +33,15 @@ from ledger.core.rfc6962 import leaf_hash
 from ledger.errors import LogCorrupted, StorageError
 from ledger.services.stores import LogReads
 
-__all__ = ["OPENED_NOTES", "Integrity", "Proven", "ProvenLog", "ProvenRegistry", "SignedTree", "log"]
+__all__ = [
+    "OPENED_NOTES",
+    "Integrity",
+    "Proven",
+    "ProvenLog",
+    "ProvenRegistry",
+    "SignedTree",
+    "log",
+]
 
 log = logging.getLogger("ledger.integrity")
 OPENED_NOTES = 256
@@ -90,7 +104,7 @@ class ProvenLog:
         return self.integrity.corrupted(LogCorrupted(detail), where)
 
     def open(self, note: str, size: int | None = None) -> SignedTree:
-        """The checkpoint in `note`, its signature checked with this service's own key."""
+        """The checkpoint in `note`, its signature checked with one of the log keys this process trusts."""
         checkpoint = self._opened.get(note)
         if checkpoint is None:
             try:

@@ -8,6 +8,8 @@ from typing import Literal, cast
 import msgspec
 import platformdirs
 
+from ledger.core.errors import NoteError
+from ledger.core.note import Verifier
 from ledger.core.purposes import BUILT_IN, Registry, parse_registry
 from ledger.errors import ConfigError
 
@@ -20,6 +22,7 @@ KNOWN = {
     "LEDGER_DATABASE_URL",
     "LEDGER_DATA_DIR",
     "LEDGER_SIGNING_KEY",
+    "LEDGER_TRUSTED_KEYS",
     "LEDGER_LOG_ORIGIN",
     "LEDGER_KEY_NAME",
     "LEDGER_PURPOSES",
@@ -42,6 +45,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None
     data_dir: Path = Path(platformdirs.user_data_dir("consent-ledger"))
     signing_key: Path | None = None
+    # Verifier keys of the log's other signing keys (key rotation), one string each.
+    trusted_keys: tuple[str, ...] = ()
     log_origin: str = DEFAULT_ORIGIN
     key_name: str | None = None
     purposes: Path | None = None
@@ -144,6 +149,17 @@ def _name(env: Mapping[str, str], name: str, value: str) -> str:
     return value
 
 
+def _verifier_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Verifier keys separated by blanks or commas (a key itself holds neither)."""
+    found = []
+    for text in env.get(name, "").replace(",", " ").split():
+        try:
+            found.append(Verifier.from_vkey(text).vkey)
+        except NoteError as exc:
+            raise ConfigError(f"{name}: {text!r} is not a verifier key ({exc})") from None
+    return tuple(found)
+
+
 def parse(env: Mapping[str, str]) -> Settings:
     origin = _name(env, "LEDGER_LOG_ORIGIN", _text(env, "LEDGER_LOG_ORIGIN") or DEFAULT_ORIGIN)
     key_name = _text(env, "LEDGER_KEY_NAME")
@@ -161,6 +177,7 @@ def parse(env: Mapping[str, str]) -> Settings:
         database_url=database_url,
         data_dir=Path(data_dir).expanduser().absolute() if data_dir else Settings().data_dir,
         signing_key=Path(signing_key) if signing_key else None,
+        trusted_keys=_verifier_keys(env, "LEDGER_TRUSTED_KEYS"),
         log_origin=origin,
         key_name=_name(env, "LEDGER_KEY_NAME", key_name) if key_name else None,
         purposes=Path(purposes) if purposes else None,

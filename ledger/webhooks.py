@@ -20,7 +20,7 @@ import httpx
 from nacl.signing import SigningKey
 
 from ledger import metrics
-from ledger.core.note import Signer
+from ledger.core.note import Signer, Verifier
 from ledger.core.webhooks import (
     DestinationRefused,
     check_destination,
@@ -30,6 +30,8 @@ from ledger.core.webhooks import (
 )
 from ledger.errors import StorageError
 from ledger.storage.outbox import ClaimedDelivery, OutboxStore
+
+WEBHOOK_KEY_SUFFIX = "/webhooks"
 
 log = logging.getLogger("ledger.webhooks")
 TIMEOUT = httpx.Timeout(15.0)
@@ -152,3 +154,8 @@ def webhook_key(signer: Signer) -> SigningKey:
     """The Ed25519 key behind webhook `v1a` signatures, derived from the log's key (so a webhook
     signature can never pass for a checkpoint signature)."""
     return signer.derive("consent-ledger webhook signatures v1")
+
+
+def webhook_verifier(signer: Signer) -> Verifier:
+    """The webhook key as /v1/keys publishes it: named after the log key, with `/webhooks`."""
+    return Verifier(signer.name + WEBHOOK_KEY_SUFFIX, bytes(webhook_key(signer).verify_key))

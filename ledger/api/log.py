@@ -49,7 +49,8 @@ class KeysController(Controller):
 
     @get("/")
     async def keys(self, ledger: LedgerDep) -> KeysOut:
-        """Every key that ever signed a checkpoint (and the webhook key), public."""
+        """Every log key that signed a checkpoint (after a rotation, the earlier ones too), the one
+        signing now marked active, then the webhook key deliveries are signed with; public."""
         return KeysOut(
             [KeyOut(k.key_name, k.key_id, k.vkey, "ed25519", k.active) for k in await ledger.auditing.keys()]
         )

@@ -200,5 +200,6 @@ def open_note(note: str, verifiers: list[Verifier]) -> Note:
             raise NoteError(f"invalid signature by {name}")
         verified.append(verifier)
     if not verified:
-        raise NoteError("no signature by a known key")
+        by = ", ".join(f"{s.name} (key id {s.key_id.hex()})" for s in signatures)
+        raise NoteError(f"no signature by a known key; signed by {by}")
     return Note(text, signatures, verified)

@@ -8,13 +8,13 @@ from ledger import export
 from ledger.core.decision import decide, deciding
 from ledger.core.entry import format_time
 from ledger.core.errors import ProofError
-from ledger.core.note import Verifier
 from ledger.core.proof import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
 from ledger.core.purposes import Registry, purpose_record
 from ledger.core.registry import Version, in_force_at
 from ledger.core.tree import NodeId
 from ledger.errors import InvalidRequest, StorageError
 from ledger.integrity import ProvenLog, SignedTree
+from ledger.keys import KeyRing
 from ledger.models import ConsentRecord, GrantShown, PersonalExport, Receipt
 from ledger.services.position import Position
 from ledger.services.stores import LogReads, SubjectReads
@@ -43,7 +43,7 @@ class Auditing:
         log_store: LogReads,
         subjects: SubjectReads,
         log: ProvenLog,
-        active_keys: list[Verifier],
+        key_ring: KeyRing,
         position: Position,
     ) -> None:
         self.registry = registry
@@ -51,7 +51,7 @@ class Auditing:
         self.log_store = log_store
         self.subjects = subjects
         self.log = log
-        self.active_keys = {v.id.hex() for v in active_keys}
+        self.key_ring = key_ring
         self.position = position
 
     # -- the public log ------------------------------------------------------------------
@@ -70,9 +70,21 @@ class Auditing:
         return head
 
     async def keys(self) -> list[KeyInfo]:
-        return [
-            KeyInfo(k.key_name, k.key_id, k.vkey, k.key_id in self.active_keys) for k in await self.log_store.keys()
+        """The log keys that signed a checkpoint and that this process trusts, oldest first, with
+        the one it signs with (the only active one, listed even before its first checkpoint); then
+        the webhook key it signs with. A key found only in the database is not vouched for here,
+        nor is an earlier webhook key: receivers need the one deliveries are signed with now."""
+        ring = self.key_ring
+        active = ring.signer.id.hex()
+        shown = [
+            KeyInfo(k.key_name, k.key_id, k.vkey, k.key_id == active)
+            for k in await self.log_store.keys()
+            if k.key_id == active or (k.signed and ring.trusts(k.key_id))
         ]
+        if not any(k.active for k in shown):
+            shown.append(KeyInfo(ring.signer.name, active, ring.signer.vkey, True))
+        webhook = ring.webhook
+        return [*shown, KeyInfo(webhook.name, webhook.id.hex(), webhook.vkey, True)]
 
     async def entries(self, start: int, end: int | None) -> tuple[int, int, AsyncIterator[bytes]]:
         """Entries start <= index < end, the end clamped to the log's size, read page by page."""

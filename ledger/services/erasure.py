@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from ledger.appender import Appender
 from ledger.core.batch import Draft
 from ledger.core.entry import ALL_PURPOSES, format_time
-from ledger.core.note import Signer
-from ledger.errors import NotFound, UnknownDevice
+from ledger.core.errors import NoteError
+from ledger.core.note import PRIVATE_KEY_PREFIX, Signer
+from ledger.errors import ConfigError, NotFound, UnknownDevice
 from ledger.models import Receipt
 from ledger.services.position import Position
 from ledger.services.validation import check_device
@@ -20,7 +21,18 @@ TOMBSTONE_LABEL = "consent-ledger tombstones v1"
 
 
 def tombstone_hasher(key: str | None, signer: Signer) -> Callable[[str], bytes]:
-    """HMAC-SHA256 of a device_id under LEDGER_TOMBSTONE_KEY, or a key derived from the log's."""
+    """HMAC-SHA256 of a device_id under LEDGER_TOMBSTONE_KEY, or a key derived from the log's.
+
+    LEDGER_TOMBSTONE_KEY may also hold a signing key (`PRIVATE+KEY+...`): the tombstone key is
+    then derived from that one. After a rotation of a log key that the tombstones were derived
+    from, the earlier key file keeps the devices erased before it answering `erased`.
+    """
+    if key and key.startswith(PRIVATE_KEY_PREFIX):
+        try:
+            signer = Signer.from_skey(key)
+        except NoteError as exc:
+            raise ConfigError(f"LEDGER_TOMBSTONE_KEY: looks like a signing key but is not one ({exc})") from None
+        key = None
     secret = key.encode() if key else bytes(signer.derive(TOMBSTONE_LABEL))
 
     def tombstone(device_id: str) -> bytes:

@@ -46,6 +46,14 @@ class KeyRecord(NamedTuple):
     key_id: str
     key_name: str
     vkey: str
+    # The sizes of the first and last checkpoints the key signed (None: it signed none, as a
+    # webhook key never does).
+    first_size: int | None = None
+    last_size: int | None = None
+
+    @property
+    def signed(self) -> bool:
+        return self.first_size is not None
 
 
 class Claimed(NamedTuple):
@@ -366,8 +374,14 @@ class LogStore:
 
     async def keys(self) -> list[KeyRecord]:
         with translated():
-            rows = await self.pool.fetch("SELECT key_id, key_name, vkey FROM signing_keys ORDER BY first_used, key_id")
-        return [KeyRecord(r["key_id"], r["key_name"], r["vkey"]) for r in rows]
+            # Two index lookups per key (checkpoints_by_key), however long the log.
+            rows = await self.pool.fetch(
+                """SELECT k.key_id, k.key_name, k.vkey,
+                          (SELECT min(tree_size) FROM checkpoints c WHERE c.key_id = k.key_id) AS first_size,
+                          (SELECT max(tree_size) FROM checkpoints c WHERE c.key_id = k.key_id) AS last_size
+                   FROM signing_keys k ORDER BY k.first_used, k.key_id"""
+            )
+        return [KeyRecord(r["key_id"], r["key_name"], r["vkey"], r["first_size"], r["last_size"]) for r in rows]
 
     async def registry_entries(self, below: int | None = None) -> dict[int, bytes]:
         """Every registry entry (with an index below `below`), oldest first."""
