@@ -579,7 +579,7 @@ def parser() -> argparse.ArgumentParser:
         commands,
         "verify-state",
         "refold the signed log and compare the projection's state table; exit 1 on a difference (reads only)",
-        (*DATABASE, "LEDGER_SIGNING_KEY"),
+        (*DATABASE, "LEDGER_SIGNING_KEY", "LEDGER_TRUSTED_KEYS"),
     )
     state.set_defaults(run=cmd_verify_state)
 

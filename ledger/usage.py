@@ -31,6 +31,10 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
         "the Ed25519 key file that signs checkpoints (`ledger keygen` writes one)",
         "LEDGER_DATA_DIR/signing.key, generated on first start",
     ),
+    "LEDGER_TRUSTED_KEYS": (
+        "verifier keys of the log's other signing keys, the earlier ones after a rotation (blanks or commas between)",
+        "none",
+    ),
     "LEDGER_LOG_ORIGIN": ("the log's origin, the first line of every checkpoint", None),
     "LEDGER_KEY_NAME": ("the signing key's name; must be the key file's", "the log origin"),
     "LEDGER_PURPOSES": ("a TOML purpose registry that seeds a log that has none", "the built-in registry"),
