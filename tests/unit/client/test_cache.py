@@ -105,7 +105,8 @@ def test_an_erasure_drops_every_purpose_of_the_device_only() -> None:
     other_purpose, other_device = Key("dev-1", "telemetry"), Key("dev-2", "pixverse_sharing")
     cache = filled(10, grant(1), grant(2, other_purpose), grant(3, other_device))
     cache.apply(Erasure("dev-1", 10), 11)
-    assert held(cache) is None and held(cache, other_purpose) is None
+    assert held(cache) is None
+    assert held(cache, other_purpose) is None
     assert held(cache, other_device) == grant(3, other_device)
 
 
@@ -135,7 +136,8 @@ def test_changes_for_keys_not_held_are_not_mirrored() -> None:
 def test_a_position_that_goes_back_drops_everything() -> None:
     cache = filled(10, grant(1))
     cache.apply(Heartbeat(5), 5)
-    assert len(cache) == 0 and cache.position == 5
+    assert len(cache) == 0
+    assert cache.position == 5
 
 
 def test_the_cache_stays_within_its_capacity() -> None:

@@ -53,7 +53,8 @@ def test_pack_and_unpack_give_back_the_decision(decision: Decision, erased_at: i
 def test_a_grant_past_its_expiry_reads_as_expired() -> None:
     grant = Decision("d", "p", True, "granted", 1, "2026-01-01T00:00:00.000000Z", "2026-02-01T00:00:00.000000Z", 4)
     packed = pack(grant, 4)
-    assert packed is not None and packed & 15 == EXPIRES
+    assert packed is not None
+    assert packed & 15 == EXPIRES
     assert not unexpired(packed)  # February 2026 is past on any machine running this
     assert unpack(packed, "d", "p") == msgspec.structs.replace(grant, allowed=False, reason="expired")
     assert unpack(packed, "d", "p", now=0) == grant
@@ -61,11 +62,17 @@ def test_a_grant_past_its_expiry_reads_as_expired() -> None:
 
 def test_the_hit_path_bits() -> None:
     plain = pack(Decision("d", "p", True, "granted", 1, "2026-01-01T00:00:00.000000Z", None, 3), 3)
-    far = pack(Decision("d", "p", True, "granted", 1, "2026-01-01T00:00:00.000000Z", "9999-01-01T00:00:00.000000Z", 3), 3)
+    far = pack(
+        Decision("d", "p", True, "granted", 1, "2026-01-01T00:00:00.000000Z", "9999-01-01T00:00:00.000000Z", 3), 3
+    )
     refused = pack(Decision("d", "p", False, "withdrawn", 1, "2026-01-01T00:00:00.000000Z", None, 3), 3)
-    assert plain is not None and plain & 15 == 0
-    assert far is not None and far & 15 == EXPIRES and unexpired(far)
-    assert refused is not None and refused & 15 not in (0, EXPIRES)
+    assert plain is not None
+    assert plain & 15 == 0
+    assert far is not None
+    assert far & 15 == EXPIRES
+    assert unexpired(far)
+    assert refused is not None
+    assert refused & 15 not in (0, EXPIRES)
 
 
 @pytest.mark.parametrize(

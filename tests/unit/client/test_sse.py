@@ -1,5 +1,7 @@
 """The event-stream framing, read as the WHATWG standard says, split at any byte boundary."""
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -46,7 +48,7 @@ def test_any_split_of_the_bytes_gives_the_same_events(cuts: list[int]) -> None:
     parser = EventParser()
     bounds = [0, *sorted(cuts), len(STREAM)]
     events = []
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         events.extend(parser.feed_bytes(STREAM[start:end]))
     assert events == EXPECTED
 
