@@ -29,6 +29,7 @@ KNOWN = {
     "LEDGER_WORKERS",
     "LEDGER_WEBHOOK_ALLOW_PRIVATE",
     "LEDGER_TOMBSTONE_KEY",
+    "LEDGER_WATCH_RETENTION",
     *(f"{name}_FILE" for name in FILE_VARIANTS),
 }
 MIN_ADMIN_TOKEN_LENGTH = 32
@@ -49,6 +50,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
     webhook_allow_private: bool = False
     tombstone_key: str | None = None
+    # Log entries a GET /v1/watch resume point may be behind and still be replayed; further
+    # behind, the stream starts with a resync event. 100,000 entries: about a minute and a half
+    # of 24 writers at full speed, or a day of a busy app; replaying them is 50 reads of a page.
+    watch_retention: int = 100_000
 
     @property
     def embedded(self) -> bool:
@@ -157,6 +162,7 @@ def parse(env: Mapping[str, str]) -> Settings:
         workers=_integer(env, "LEDGER_WORKERS", 1, 1, 256),
         webhook_allow_private=_boolean(env, "LEDGER_WEBHOOK_ALLOW_PRIVATE"),
         tombstone_key=_secret(env, "LEDGER_TOMBSTONE_KEY"),
+        watch_retention=_integer(env, "LEDGER_WATCH_RETENTION", 100_000, 0, 1_000_000_000),
     )
 
 
