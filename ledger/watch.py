@@ -50,7 +50,7 @@ from ledger.storage.log import TailRow
 __all__ = ["HEARTBEAT_SECONDS", "RING_CAPACITY", "Hub", "Watcher"]
 
 log = logging.getLogger("ledger.watch")
-# Silence after which a watcher sends a heartbeat: twice a second, so "at least once a second"
+# How often a watcher sends a heartbeat, events or not: twice a second, so "at least once a second"
 # holds with room for a busy event loop, and a client's 2 s staleness bound sees four of them.
 HEARTBEAT_SECONDS = 0.5
 # Events held for watchers to read; a watcher further behind than this is told to resync.
@@ -346,7 +346,7 @@ class Watcher:
 
     async def _live(self) -> AsyncIterator[bytes]:
         hub = self.hub
-        last_sent = float("-inf")  # a heartbeat at once: the client learns where it stands
+        last_beat = float("-inf")  # a heartbeat at once: the client learns where it stands
         while not hub.closed:
             if self.tokens_generation != hub.tokens_generation:
                 self.tokens_generation = hub.tokens_generation
@@ -360,19 +360,20 @@ class Watcher:
             chunk = self._take()
             if chunk:
                 yield chunk
-                last_sent = time.monotonic()
-                continue
             now = time.monotonic()
-            if now - last_sent >= HEARTBEAT_SECONDS:
-                # Only a fresh hub may say "nothing happened up to here". A client measures its
-                # freshness by the time since the last event or heartbeat, so a stale worker must
-                # go silent: then the client's mirror fails closed instead of trusting a stream
-                # that no longer knows what the log says.
+            if now - last_beat >= HEARTBEAT_SECONDS:
+                # Only a fresh hub may say "nothing happened up to here", and it says so every
+                # HEARTBEAT_SECONDS whether events flow or not: a client measures its freshness
+                # by the time since the last heartbeat (an event does not say when it was
+                # built), so a stale worker must go silent and the client's mirror fails closed
+                # instead of trusting a stream that no longer knows what the log says.
                 if hub.fresh():
                     yield heartbeat_frame(self.cursor)
-                    last_sent = now = time.monotonic()
+                    last_beat = now = time.monotonic()
                 else:
-                    last_sent = now - HEARTBEAT_SECONDS + 0.1  # look again soon
+                    last_beat = now - HEARTBEAT_SECONDS + 0.1  # look again soon
+            if chunk:
+                continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, last_sent + HEARTBEAT_SECONDS - now)):
+                async with asyncio.timeout(max(0.0, last_beat + HEARTBEAT_SECONDS - now)):
                     await changed.wait()

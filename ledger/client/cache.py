@@ -21,6 +21,7 @@ publish or resync voids it. A void answer is not kept (the caller fetches again)
 """
 
 import threading
+from collections.abc import Callable
 from itertools import islice
 from typing import NamedTuple
 
@@ -68,15 +69,23 @@ class DecisionCache:
         with self.lock:
             if isinstance(event, Change):
                 self._change(event)
-            elif isinstance(event, Erasure):
+            elif isinstance(event, Erasure) and event.device_id is not None:
                 self._erase(event.device_id, event.index)
             elif not isinstance(event, Heartbeat):
-                self._drop_all()  # a registry publish, a resync, or something this client does not know
+                # A registry publish, a resync, an erasure of a device not named, or an event this
+                # client does not know: any decision may have changed.
+                self._drop_all()
             if position is not None:
                 if self.position is not None and position < self.position:
                     self._drop_all()  # the log went back: nothing held can be trusted
                 self.position = position
                 self.advanced.notify_all()
+
+    def reset(self) -> None:
+        """Forget everything, the position too: the stream starts again from now."""
+        with self.lock:
+            self._drop_all()
+            self.position = None
 
     def _change(self, event: Change) -> None:
         key = Key(event.device_id, event.purpose)
@@ -164,6 +173,10 @@ class DecisionCache:
         for device_id in list(islice(fullest, max(1, len(fullest) // 16))):
             del fullest[device_id]
 
-    def wait_for(self, position: int, timeout: float) -> bool:
+    def wait_for(self, position: int, timeout: float, also: Callable[[], bool] = lambda: True) -> bool:
+        """Wait until the stream has passed `position` and `also()` holds (checked whenever
+        `advanced` is notified)."""
         with self.advanced:
-            return self.advanced.wait_for(lambda: self.position is not None and self.position >= position, timeout)
+            return self.advanced.wait_for(
+                lambda: self.position is not None and self.position >= position and also(), timeout
+            )

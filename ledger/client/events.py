@@ -21,9 +21,11 @@ class Change(msgspec.Struct, frozen=True, tag="decision", tag_field="type"):
 
 
 class Erasure(msgspec.Struct, frozen=True, tag="erasure", tag_field="type"):
-    """The device was erased at `index`: every decision held for it is void."""
+    """The device was erased at `index`: every decision held for it is void. A server process
+    that did not record the erasure cannot know the device (its id is shredded with it): then
+    `device_id` is None and every decision held is void."""
 
-    device_id: str
+    device_id: str | None
     index: int
 
 

@@ -179,9 +179,9 @@ class Mirror:
 
     def wait_for(self, consistency_token: str, timeout: float) -> bool:
         """Block until the stream has delivered everything `consistency_token` covers (a
-        receipt's, or any response's Consistency-Token), so this mirror reads that write;
-        False after `timeout` seconds."""
-        return self._cache.wait_for(parse_consistency_token(consistency_token), timeout)
+        receipt's, or any response's Consistency-Token) and the mirror is fresh, so that it
+        reads that write; False after `timeout` seconds."""
+        return self._cache.wait_for(parse_consistency_token(consistency_token), timeout, lambda: self.fresh)
 
     @property
     def fresh(self) -> bool:
@@ -313,6 +313,11 @@ class Mirror:
                 response.read()
                 problem = response.text[:200]
                 log.warning("ledger mirror: GET /v1/watch answered %s: %s", response.status_code, problem)
+                if response.status_code in (400, 422) and self._last_id is not None:
+                    # The ledger does not know the resume point (a log that was replaced?):
+                    # start again from now, forgetting everything held.
+                    self._last_id = None
+                    self._cache.reset()
                 return False
             self._response = response
             self._connected = True
@@ -343,6 +348,8 @@ class Mirror:
         if fresh_at is not None:
             self._fresh_at = fresh_at
             self._fresh_until = fresh_at + self.max_staleness
+            with self._cache.advanced:
+                self._cache.advanced.notify_all()
 
     def _shut_stream(self) -> None:
         """Wake the stream thread out of a blocking read, so close() need not wait for one."""

@@ -116,8 +116,8 @@ def test_a_change_to_erased_drops_the_device() -> None:
     assert held(cache) is None
 
 
-def test_registry_resync_and_unknown_events_drop_everything_and_void_fetches() -> None:
-    for event in (RegistryPublished(10), Resync(10, "behind"), Unknown("something-new")):
+def test_registry_resync_unknown_and_anonymous_erasure_events_drop_everything_and_void_fetches() -> None:
+    for event in (RegistryPublished(10), Resync(10, "behind"), Unknown("something-new"), Erasure(None, 10)):
         cache = filled(10, grant(1))
         fetch = cache.begin([Key("dev-2", "telemetry")])
         assert fetch is not None
