@@ -152,30 +152,26 @@ class Mirror:
             return True
         return low == EXPIRES and unexpired(value)
 
-    def cached(self, device_id: str, purpose: str) -> bool | None:
-        """`allowed` without a fetch: None on a miss (then `allowed` would ask the ledger). For
-        callers on an event loop, which must not block on a miss."""
-        if monotonic() > self._fresh_until:
-            self._stale_refusals += 1
-            return False
-        by_device = self._decisions.get(purpose)
-        if by_device is None or device_id not in by_device:
-            return None
-        return self.allowed(device_id, purpose)
-
-    def decision(self, device_id: str, purpose: str) -> Decision:
-        """The decision as the ledger would give it now (a grant past its expiry: "expired").
-        Raises Stale when the mirror cannot answer from fresh state, RequestRejected for a
-        malformed device_id or a purpose the ledger does not know."""
+    def held(self, device_id: str, purpose: str) -> Decision | None:
+        """The decision from memory, or None on a miss; never asks the ledger (for callers on an
+        event loop, which must not block: they run `decision` in a thread on a miss). Raises
+        Stale as `decision` does."""
         if monotonic() > self._fresh_until:
             self._stale_refusals += 1
             raise Stale(f"no heartbeat caught up with in the last {self.max_staleness} s")
         by_device = self._decisions.get(purpose)
         value = None if by_device is None else by_device.get(device_id)
         if value is None:
-            return self._fetch(Key(device_id, purpose))
+            return None
         next(self._hits)
         return unpack(value, device_id, purpose)
+
+    def decision(self, device_id: str, purpose: str) -> Decision:
+        """The decision as the ledger would give it now (a grant past its expiry: "expired").
+        Raises Stale when the mirror cannot answer from fresh state, RequestRejected for a
+        malformed device_id or a purpose the ledger does not know."""
+        found = self.held(device_id, purpose)
+        return self._fetch(Key(device_id, purpose)) if found is None else found
 
     def wait_for(self, consistency_token: str, timeout: float) -> bool:
         """Block until the stream has delivered everything `consistency_token` covers (a
