@@ -20,7 +20,7 @@ import msgspec
 from ledger.client.decision import Decision
 from ledger.client.errors import LedgerUnavailable, RequestRejected
 
-__all__ = ["MAX_BATCH", "Answers", "Calls", "Done", "Flow", "Retry", "exchange", "resume", "start"]
+__all__ = ["MAX_BATCH", "Answers", "Calls", "Done", "Flow", "Retry", "chunks", "exchange", "resume", "start"]
 
 T = TypeVar("T")
 Flow = Generator[httpx.Request | float, httpx.Response | None, T]
@@ -145,7 +145,7 @@ class Answers(NamedTuple):
     consistency_token: str | None
 
 
-def _chunks(pairs: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+def chunks(pairs: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
     it = iter(pairs)
     while chunk := list(islice(it, MAX_BATCH)):
         yield chunk
@@ -209,7 +209,7 @@ class Calls:
         params = None if consistency is None else {"consistency": consistency}
         decisions: list[Decision] = []
         token = None
-        for chunk in _chunks(pairs):
+        for chunk in chunks(pairs):
             body = {"checks": [{"device_id": d, "purpose": p} for d, p in chunk]}
             request = self.request("POST", "/v1/check", params, body, timeout=timeout)
             response = _ok((yield from exchange(request, retry or self.retry)))

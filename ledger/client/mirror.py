@@ -24,6 +24,7 @@ import re
 import socket
 import threading
 from collections import deque
+from collections.abc import Iterable
 from time import monotonic
 from types import TracebackType
 from typing import Any, NamedTuple, Self
@@ -34,7 +35,7 @@ from ledger.client.cache import DecisionCache, Fetch, Key
 from ledger.client.decision import EXPIRES, Decision, unexpired, unpack
 from ledger.client.errors import ClientError, LedgerUnavailable, RequestRejected, Stale
 from ledger.client.events import Heartbeat, decode_event
-from ledger.client.exchange import Retry
+from ledger.client.exchange import Answers, Retry, chunks
 from ledger.client.http import LedgerClient
 from ledger.client.sse import EventParser, ServerEvent
 from ledger.core.consistency import BadToken, consistency_token, parse_consistency_token
@@ -173,6 +174,21 @@ class Mirror:
         found = self.held(device_id, purpose)
         return self._fetch(Key(device_id, purpose)) if found is None else found
 
+    def warm(self, pairs: Iterable[tuple[str, str]], timeout: float = 10.0) -> int:
+        """Fetch and keep the decisions of (device_id, purpose) pairs ahead of their first use,
+        1,000 per request, each at the stream's position then; how many were kept. Raises Stale
+        if the stream has no position yet or the ledger does not answer within `timeout` s."""
+        kept = 0
+        for chunk in chunks(pairs):
+            keys = [Key(d, p) for d, p in chunk]
+            fetch = self._cache.begin(keys)
+            if fetch is None:
+                raise Stale("the watch stream has not started")
+            answers = self._ask(fetch, timeout)
+            found = self._cache.finish(fetch, answers.decisions, _size(answers.consistency_token))
+            kept += sum(d is not None for d in found)
+        return kept
+
     def wait_for(self, consistency_token: str, timeout: float) -> bool:
         """Block until the stream has delivered everything `consistency_token` covers (a
         receipt's, or any response's Consistency-Token) and the mirror is fresh, so that it
@@ -267,7 +283,7 @@ class Mirror:
         self._fetch_failures += 1
         raise Stale(f"no answer at the stream's position within {self.max_staleness} s")
 
-    def _ask(self, fetch: Fetch, remaining: float) -> Any:
+    def _ask(self, fetch: Fetch, remaining: float) -> Answers:
         flow = self._client.calls.check_many(fetch.keys, consistency_token(fetch.start), remaining, _ONE_TRY)
         try:
             return self._client.run(flow)

@@ -239,3 +239,14 @@ def test_a_mirror_resumes_after_a_restart_with_what_happened_meanwhile(
             assert mirror.stats().misses == 1  # the first ask only: the stream brought the change
     finally:
         mirror.close()
+
+
+def test_warm_fetches_ahead_in_batches(ledger: LedgerClient, mirror: Mirror) -> None:
+    receipt = grant(ledger, "dev-warm-1")
+    assert mirror.wait_for(receipt["consistency_token"], 5)
+    pairs = [(f"dev-warm-{n}", PIXVERSE) for n in range(1500)]
+    assert mirror.warm(pairs) == 1500
+    assert mirror.allowed("dev-warm-1", PIXVERSE)
+    assert not mirror.allowed("dev-warm-2", PIXVERSE)
+    stats = mirror.stats()
+    assert (stats.misses, stats.size) == (0, 1500)
