@@ -199,24 +199,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+
+    def cdf(axes: Any, values: list[float], target: float, **style: Any) -> None:
+        ordered = sorted(max(v, 0.01) for v in values)
+        axes.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], **style)
+        axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(ScalarFormatter())
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.axvline(target, color="grey", linestyle=":", linewidth=1)
+
     for r in results["levels"]:
-        d = sorted(r["all_ms"])
-        left.plot([max(x, 0.01) for x in d], [(i + 1) / len(d) for i in range(len(d))], label=f"{r['writers']} writers")
-    left.set_xscale("log")
-    left.xaxis.set_major_formatter(ScalarFormatter())
-    left.xaxis.set_minor_formatter(NullFormatter())
-    left.axvline(20, color="grey", linestyle=":", linewidth=1)
+        cdf(left, r["all_ms"], 20, label=f"{r['writers']} writers")
     left.set_xlabel("201 of the withdrawal to the mirror having it (ms, log; both mirrors)")
     left.set_ylabel("share of withdrawals")
     left.set_title("Withdrawal reaching the mirrors (target p99 20 ms)")
     left.legend()
     h = results["hits"]
-    sample = sorted(x / 1000 for x in h["latencies_ns_sample"])
-    right.plot(sample, [(i + 1) / len(sample) for i in range(len(sample))])
-    right.set_xscale("log")
-    right.xaxis.set_major_formatter(ScalarFormatter())
-    right.xaxis.set_minor_formatter(NullFormatter())
-    right.axvline(5, color="grey", linestyle=":", linewidth=1)
+    cdf(right, [x / 1000 for x in h["latencies_ns_sample"]], 5)
     right.set_xlabel("one mirror.allowed call on a hit (µs, log; timer included)")
     right.set_ylabel("share of calls")
     right.set_title(f"Hits: {h['hits_per_second']:,.0f}/s in one thread (target 500,000)")

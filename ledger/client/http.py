@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 
@@ -23,13 +23,14 @@ def _consent(device_id: str, purpose: str, action: str, policy_version: int, fie
     return {"device_id": device_id, "purpose": purpose, "action": action, "policy_version": policy_version, **fields}
 
 
-class LedgerClient:
-    """A blocking client; thread-safe (one connection pool shared by all threads).
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
-    `record` returns the receipt as a dict; `check` and `check_many` return `Decision`s. A 4xx
-    raises `RequestRejected` (with the ledger's problem), a ledger that stays unreachable or
-    failing after `retry.attempts` tries raises `LedgerUnavailable`.
-    """
+
+class _Client(Generic[H]):
+    """What both clients are made of: the flows for one ledger, and an httpx client to run them
+    with (`http`, or one of their own with `timeout`)."""
+
+    _http_type: type[H]
 
     def __init__(
         self,
@@ -38,10 +39,21 @@ class LedgerClient:
         *,
         timeout: float = 10.0,
         retry: Retry | None = None,
-        http: httpx.Client | None = None,
+        http: H | None = None,
     ) -> None:
         self.calls = Calls(base_url, token, retry or Retry())
-        self._http = http or httpx.Client(timeout=timeout)
+        self._http: H = self._http_type(timeout=timeout) if http is None else http
+
+
+class LedgerClient(_Client[httpx.Client]):
+    """A blocking client; thread-safe (one connection pool shared by all threads).
+
+    `record` returns the receipt as a dict; `check` and `check_many` return `Decision`s. A 4xx
+    raises `RequestRejected` (with the ledger's problem), a ledger that stays unreachable or
+    failing after `retry.attempts` tries raises `LedgerUnavailable`.
+    """
+
+    _http_type = httpx.Client
 
     def run(self, flow: Flow[T]) -> T:
         """Drive a flow with blocking I/O."""
@@ -82,20 +94,10 @@ class LedgerClient:
         self.close()
 
 
-class AsyncLedgerClient:
+class AsyncLedgerClient(_Client[httpx.AsyncClient]):
     """The same API for asyncio callers: every method is a coroutine."""
 
-    def __init__(
-        self,
-        base_url: str,
-        token: str | None = None,
-        *,
-        timeout: float = 10.0,
-        retry: Retry | None = None,
-        http: httpx.AsyncClient | None = None,
-    ) -> None:
-        self.calls = Calls(base_url, token, retry or Retry())
-        self._http = http or httpx.AsyncClient(timeout=timeout)
+    _http_type = httpx.AsyncClient
 
     async def run(self, flow: Flow[T]) -> T:
         """Drive a flow with asyncio."""
@@ -131,7 +133,7 @@ class AsyncLedgerClient:
         await self._http.aclose()
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self.aclose()
 
     async def __aenter__(self) -> Self:
         return self

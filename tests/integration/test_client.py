@@ -18,37 +18,33 @@ def log_size(base_url: str) -> int:
     return int(httpx.get(f"{base_url}/v1/log/checkpoint").text.split("\n")[1])
 
 
-class LoseAnswers(httpx.BaseTransport):
-    """A network that delivers each request but loses the answer to the first `lose` of them
-    (the server did the work; the client sees a broken connection), and remembers what was sent."""
+class LoseAnswers(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """A network (for either client) that delivers each request but loses the answer to the
+    first `lose` of them (the server did the work; the client sees a broken connection), and
+    remembers what was sent."""
 
     def __init__(self, lose: int) -> None:
-        self.inner = httpx.HTTPTransport()
         self.lose = lose
         self.sent: list[httpx.Request] = []
+
+    def _deliver(self, request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if len(self.sent) <= self.lose:
+            raise httpx.ReadError("connection reset after the request was delivered", request=request)
+        return response
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.sent.append(request)
-        response = self.inner.handle_request(request)
-        response.read()
-        if len(self.sent) <= self.lose:
-            raise httpx.ReadError("connection reset after the request was delivered", request=request)
-        return response
-
-
-class AsyncLoseAnswers(httpx.AsyncBaseTransport):
-    def __init__(self, lose: int) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.lose = lose
-        self.sent: list[httpx.Request] = []
+        with httpx.HTTPTransport() as inner:
+            response = inner.handle_request(request)
+            response.read()
+        return self._deliver(request, response)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.sent.append(request)
-        response = await self.inner.handle_async_request(request)
-        await response.aread()
-        if len(self.sent) <= self.lose:
-            raise httpx.ReadError("connection reset after the request was delivered", request=request)
-        return response
+        async with httpx.AsyncHTTPTransport() as inner:
+            response = await inner.handle_async_request(request)
+            await response.aread()
+        return self._deliver(request, response)
 
 
 class Overloaded(httpx.BaseTransport):
@@ -129,7 +125,7 @@ def test_a_lost_answer_is_retried_with_the_same_key_and_appends_once(base_url: s
 
 
 async def test_the_async_client_retries_with_the_same_key(base_url: str) -> None:
-    network = AsyncLoseAnswers(lose=1)
+    network = LoseAnswers(lose=1)
     before = log_size(base_url)
     async with AsyncLedgerClient(base_url, token=ADMIN_TOKEN, http=httpx.AsyncClient(transport=network)) as ledger:
         receipt = await ledger.record(device_id="dev-retry", **GRANT)

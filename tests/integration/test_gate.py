@@ -2,7 +2,7 @@
 is refused with 451 as soon as the mirror has it, a foreign region needs cross_border_transfer,
 a mirror that cannot answer refuses with 503."""
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -11,20 +11,11 @@ from examples.gateway import create_gateway
 from ledger.client import LedgerClient, Mirror
 
 from .server import ADMIN_TOKEN
+from .test_mirror import ledger, mirror
+
+__all__ = ["ledger", "mirror"]  # the fixtures, shared with test_mirror
 
 PIXVERSE, CROSS_BORDER = "pixverse_sharing", "cross_border_transfer"
-
-
-@pytest.fixture
-def ledger(base_url: str) -> Iterator[LedgerClient]:
-    with LedgerClient(base_url, token=ADMIN_TOKEN) as client:
-        yield client
-
-
-@pytest.fixture
-def mirror(base_url: str) -> Iterator[Mirror]:
-    with Mirror(base_url, token=ADMIN_TOKEN) as m:
-        yield m
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ arrives first; erasures, registry publishes and resyncs void what they must."""
 
 import threading
 
-from ledger.client.cache import DecisionCache, Key
+from ledger.client.cache import DecisionCache, Fetch, Key
 from ledger.client.decision import Decision, unpack
 from ledger.client.events import Change, Erasure, Heartbeat, RegistryPublished, Resync, Unknown
 
@@ -41,6 +41,15 @@ def filled(position: int, *answers: Decision, answered_at: int | None = None) ->
     return cache
 
 
+def in_flight(position: int, *keys: Key) -> tuple[DecisionCache, Fetch]:
+    """A cache at `position` with a fetch of `keys` (default: K) sent and not answered yet."""
+    cache = DecisionCache(100)
+    cache.apply(Heartbeat(position), position)
+    fetch = cache.begin(list(keys or [K]))
+    assert fetch is not None
+    return cache, fetch
+
+
 def test_no_fetch_before_the_stream_has_a_position() -> None:
     assert DecisionCache(10).begin([K]) is None
 
@@ -62,10 +71,7 @@ def test_an_event_built_before_a_fresher_answer_does_not_overwrite_it() -> None:
 
 
 def test_a_change_during_the_fetch_wins_over_an_older_answer() -> None:
-    cache = DecisionCache(100)
-    cache.apply(Heartbeat(10), 10)
-    fetch = cache.begin([K])
-    assert fetch is not None
+    cache, fetch = in_flight(10)
     cache.apply(change(10, withdrawal(10)), 11)  # the key is not held yet: only noted in the fetch
     assert held(cache) is None
     [answer] = cache.finish(fetch, [grant(3)], 10)  # answered from before the withdrawal
@@ -74,20 +80,14 @@ def test_a_change_during_the_fetch_wins_over_an_older_answer() -> None:
 
 
 def test_an_answer_newer_than_a_change_during_the_fetch_is_kept() -> None:
-    cache = DecisionCache(100)
-    cache.apply(Heartbeat(10), 10)
-    fetch = cache.begin([K])
-    assert fetch is not None
+    cache, fetch = in_flight(10)
     cache.apply(change(10, grant(10)), 11)
     [answer] = cache.finish(fetch, [withdrawal(11)], 12)
     assert answer == withdrawal(11) == held(cache)
 
 
 def test_an_erasure_during_the_fetch_voids_an_answer_from_before_it() -> None:
-    cache = DecisionCache(100)
-    cache.apply(Heartbeat(10), 10)
-    fetch = cache.begin([K])
-    assert fetch is not None
+    cache, fetch = in_flight(10)
     cache.apply(Erasure(K.device_id, 10), 11)
     assert cache.finish(fetch, [grant(5)], 10) == [None]
     assert held(cache) is None
@@ -121,6 +121,7 @@ def test_registry_resync_unknown_and_anonymous_erasure_events_drop_everything_an
         cache = filled(10, grant(1))
         fetch = cache.begin([Key("dev-2", "telemetry")])
         assert fetch is not None
+        assert held(cache) == grant(1)
         cache.apply(event, 11)
         assert held(cache) is None
         assert cache.finish(fetch, [grant(2, Key("dev-2", "telemetry"))], 11) == [None]
