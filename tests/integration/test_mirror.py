@@ -4,6 +4,7 @@ and failing closed when the server stops or freezes."""
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -250,3 +251,31 @@ def test_warm_fetches_ahead_in_batches(ledger: LedgerClient, mirror: Mirror) -> 
     assert not mirror.allowed("dev-warm-2", PIXVERSE)
     stats = mirror.stats()
     assert (stats.misses, stats.size) == (0, 1500)
+
+
+def test_a_mirror_stays_fresh_while_events_stream(ledger: LedgerClient, mirror: Mirror) -> None:
+    """Heartbeats keep coming while changes flow: the server sends one every 0.5 s whether or not
+    events do, so a busy stream is never mistaken for a silent one."""
+    held = [f"dev-busy-{n}" for n in range(8)]
+    mirror.warm((d, PIXVERSE) for d in held)
+    stop = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            grant(ledger, held[n % len(held)])  # every event is for a held key
+            n += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    unfresh = 0
+    try:
+        deadline = time.monotonic() + mirror.max_staleness * 2
+        while time.monotonic() < deadline:
+            unfresh += not mirror.fresh
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        writer.join()
+    assert unfresh == 0
+    assert mirror.stats().position is not None
