@@ -33,7 +33,7 @@ import httpx
 
 from ledger.client.cache import DecisionCache, Fetch, Key
 from ledger.client.decision import EXPIRES, Decision, unexpired, unpack
-from ledger.client.errors import ClientError, LedgerUnavailable, RequestRejected, Stale
+from ledger.client.errors import ClientError, RequestRejected, Stale
 from ledger.client.events import Heartbeat, decode_event
 from ledger.client.exchange import Answers, Retry, chunks
 from ledger.client.http import LedgerClient
@@ -237,6 +237,9 @@ class Mirror:
         except RequestRejected as exc:
             log.warning("ledger mirror: a check of purpose %r was rejected: %s", purpose, exc)
             return False
+        except Exception:  # whatever went wrong, the answer is no
+            log.exception("ledger mirror: a miss failed")
+            return False
 
     def _fetch(self, key: Key) -> Decision:
         if not (_DEVICE_ID.match(key.device_id) and _PURPOSE.match(key.purpose)):
@@ -251,9 +254,8 @@ class Mirror:
         if not leader:
             if not flight.done.wait(self.max_staleness):
                 raise Stale("a fetch of the same decision did not finish in time")
-            if flight.error is not None:
-                raise flight.error
-            assert flight.result is not None
+            if flight.result is None:
+                raise flight.error or Stale("a fetch of the same decision failed")
             return flight.result
         try:
             flight.result = self._fetch_now(key)
@@ -290,10 +292,10 @@ class Mirror:
         except RequestRejected:
             self._cache.abandon(fetch)
             raise
-        except (LedgerUnavailable, httpx.HTTPError) as exc:
+        except Exception as exc:  # unreachable, failing, or an answer that does not parse
             self._cache.abandon(fetch)
             self._fetch_failures += 1
-            raise Stale(f"the ledger did not answer a miss: {exc}") from exc
+            raise Stale(f"the ledger did not answer a miss: {exc!r}") from exc
 
     # -- the stream -------------------------------------------------------------------------
 
