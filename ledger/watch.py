@@ -42,7 +42,7 @@ from ledger.core.watch import (
     registry_frame,
     resync_frame,
 )
-from ledger.errors import StorageError, UnprocessableRequest
+from ledger.errors import Stale, StorageError, UnprocessableRequest
 from ledger.models import DecisionOut
 from ledger.projection import TAIL_PAGE, Projection
 from ledger.storage.log import TailRow
@@ -172,6 +172,12 @@ class Hub:
                 await self._task
             self._task = None
 
+    def now(self) -> int:
+        """The position this process's checks answer from: its projection may be a page ahead of
+        the hub. A watcher that starts or resynchronises starts here (its client reads decisions
+        from checks, which reflect at least this much), so it is not sent what it already has."""
+        return max(self.position, self.projection.applied)
+
     def fresh(self) -> bool:
         """Whether watchers may say "nothing happened": the projection is fresh and the hub is
         not more than the staleness bound behind it."""
@@ -260,16 +266,20 @@ class Hub:
 
     async def watcher(self, resume: int | None, allowed: Callable[[], Awaitable[bool]]) -> "Watcher":
         """A watcher from log position `resume` (None: from now). Raise UnprocessableRequest for
-        a position the log has not reached; a position behind the retention gets a resync."""
+        a position the log has not reached (a position behind the retention gets a resync), Stale
+        when this process is not fresh, StorageError when it is stopping."""
         if self.closed:
             raise StorageError("this server is stopping; watch another replica or retry")
+        if not self.fresh():
+            # As checks do: a client should watch a replica that knows what the log says.
+            raise Stale(f"this replica is more than {self.max_staleness * 1000:.0f} ms behind the database")
         if resume is not None and resume > self.position:
             head = await self.log_tail.log_size()
             if resume > head:
                 raise UnprocessableRequest(
                     f"resume point ct1.{resume} is beyond the log (size {head}): not a position of this log"
                 )
-        return Watcher(self, self.position if resume is None else resume, allowed)
+        return Watcher(self, self.now() if resume is None else resume, allowed)
 
 
 class Watcher:
@@ -287,7 +297,7 @@ class Watcher:
         metrics.WATCHERS.inc()
         try:
             yield RETRY
-            if hub.position - self.cursor > hub.retention:
+            if hub.now() - self.cursor > hub.retention:
                 yield self._resync(f"retention: the resume point is more than {hub.retention} entries behind")
             else:
                 async for chunk in self._replay():
@@ -300,7 +310,7 @@ class Watcher:
     def _resync(self, reason: str) -> bytes:
         hub = self.hub
         self.seq = hub.ring.next
-        self.cursor = max(self.cursor, hub.position)
+        self.cursor = max(self.cursor, hub.now())
         metrics.count_watch_resync(reason.split(":")[0])
         return resync_frame(self.cursor, reason)
 

@@ -3,7 +3,7 @@
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import Stream
 
 from ledger.api.deps import LedgerDep
@@ -18,10 +18,18 @@ SCOPE = "consent:check"
 EVENT_STREAM = "text/event-stream"
 From = Annotated[
     str | None,
-    Parameter(
-        query="from",
+    QueryParameter(
+        name="from",
         pattern=whole(r"[\x21-\x7e]{1,64}"),
         description="A consistency token: send the changes after it (Last-Event-ID wins when both are given).",
+    ),
+]
+
+LastEventId = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Last-Event-ID",
+        description="The id of the last event received (what an EventSource sends when it reconnects).",
     ),
 ]
 
@@ -37,13 +45,15 @@ class WatchController(Controller):
         opt={"problems": (422,), "also": {EVENT_STREAM: {"type": "string"}}},
         response_headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
-    async def watch(self, request: Request[Any, Any, Any], ledger: LedgerDep, from_: From = None) -> Stream:
+    async def watch(
+        self, request: Request[Any, Any, Any], ledger: LedgerDep, from_: From = None, last_event_id: LastEventId = None
+    ) -> Stream:
         """Every change committed after the resume point (`Last-Event-ID`, else `from`, else now),
         in log order and without gaps, as Server-Sent Events: `decision`, `erasure` and `registry`
         events whose `id:` is the consistency token just after them, a `heartbeat` with the log
         size after 0.5 s without events (only while this replica is fresh), and `resync` instead
         of a gap. The body is `text/event-stream`; it never ends while the server runs."""
-        resume = request.headers.get("last-event-id") or from_
+        resume = last_event_id or from_
         token = bearer(request.headers.get("authorization", "")) or ""
 
         async def allowed() -> bool:
