@@ -74,6 +74,9 @@ class _Flight:
 
 
 class Mirror:
+    """Decisions in this process's memory, kept current by the ledger's watch stream (see the
+    module's docstring). Thread-safe; `allowed` never raises and never blocks on a hit."""
+
     def __init__(
         self,
         base_url: str,
