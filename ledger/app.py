@@ -19,8 +19,10 @@ from ledger.api.health import HealthController, prometheus
 from ledger.api.log import ExportController, KeysController, LogController
 from ledger.api.problems import EXCEPTION_HANDLERS
 from ledger.api.strict import StrictRequests
+from ledger.api.watch import WatchController
 from ledger.api.webhooks import WebhooksController
 from ledger.composition import Services
+from ledger.server import on_termination
 from ledger.settings import Settings
 
 # Nothing else sets it, so it is appended as raw bytes (lower case, as ASGI headers are).
@@ -36,9 +38,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ledger = await Services.open(settings, url, keys.load_signer(settings))
         app.state.ledger = ledger
         flusher = asyncio.create_task(metrics.flush_periodically())
+        # Watch streams end when the process is told to stop, or the server would wait for them.
+        restore_signals = on_termination(ledger.watch.end_streams)
         try:
             yield
         finally:
+            restore_signals()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
@@ -70,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ChecksController,
             DevicesController,
             PurposesController,
+            WatchController,
             WebhooksController,
         ],
         lifespan=[lifespan],

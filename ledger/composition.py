@@ -28,6 +28,7 @@ from ledger.services.registry import RegistryService
 from ledger.services.webhook_admin import WebhookAdmin
 from ledger.settings import Settings
 from ledger.storage import Stores, create_pool, migrations, open_stores
+from ledger.watch import Hub
 from ledger.webhooks import Dispatcher, webhook_key, webhook_verifier
 
 __all__ = ["ADMIN_TOKEN_NAME", "Services", "report_drift"]
@@ -84,6 +85,14 @@ class Services:
             lambda: projection.registry, stores.outbox, dispatcher, settings.webhook_allow_private
         )
         projection.token_listeners.append(self.access.forget)
+        self.watch = Hub(
+            projection,
+            self.checking.current,
+            stores.log,
+            retention=settings.watch_retention,
+            fresh=lambda: self.integrity.intact and projection.fresh(),
+        )
+        self.watch.start()
 
     @property
     def registry(self) -> Registry:
@@ -131,6 +140,7 @@ class Services:
         return cls(settings, stores, signer, ring, appender, projection, dispatcher)
 
     async def close(self) -> None:
+        await self.watch.close()
         await self.dispatcher.stop()
         await self.projection.stop()
         await self.appender.stop()

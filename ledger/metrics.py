@@ -91,6 +91,13 @@ CHECK_ANSWERS = Counter(
 )
 for _path in ("memory", "route"):
     CHECK_ANSWERS.labels(_path)
+WATCHERS = Gauge("ledger_watchers", "Open GET /v1/watch streams.", multiprocess_mode="livesum")
+WATCH_EVENTS = Counter("ledger_watch_events_total", "Events the watch hubs built (each sent to every watcher).")
+WATCH_RESYNCS = Counter(
+    "ledger_watch_resyncs_total",
+    "Resync events sent instead of a gap, by reason (`retention`: resumed too far back; `slow consumer`).",
+    ["reason"],
+)
 
 
 DELIVERIES = Counter(
@@ -149,6 +156,15 @@ def count_lookups(hits: int, misses: int) -> None:
 
 def count_check_answer(path: str) -> None:
     _check_answers[path] += 1
+
+
+def count_watch_events(count: int) -> None:
+    if count:
+        WATCH_EVENTS.inc(count)
+
+
+def count_watch_resync(reason: str) -> None:
+    WATCH_RESYNCS.labels(reason).inc()
 
 
 def flush() -> None:

@@ -26,6 +26,11 @@ entry is a maximum (`Basis.supersedes`) and dropping a key only costs a miss:
 - the tailer applies every entry in index order and is what `applied` and consistency tokens
   rest on.
 
+Whoever moves `applied` on tells `change_listeners` what the entries in between changed, in
+order and each exactly once (the watch hub, ledger/watch.py, builds its events from them): the
+appender's own batch when it is next in line (it then reaches watchers without waiting for the
+tail, and names the device of an erasure, which the log no longer can), else the tail's pages.
+
 A miss also checks the state row against the log entry it points at: a row that names an entry
 of another subject, purpose or action cannot have been written by the ledger, and is refused
 (`ImpossibleState`) instead of answered.
@@ -53,6 +58,7 @@ from ledger.core.errors import EntryError
 from ledger.core.notice import decode_notice, is_erasure, is_registry
 from ledger.core.purposes import BUILT_IN, Registry
 from ledger.core.registry import RegistryEntry, is_registry_entry, parse_registry_entry, unlogged
+from ledger.core.watch import Change, change_of
 from ledger.errors import ImpossibleState, Stale
 from ledger.storage import notifications
 from ledger.storage.log import LogStore
@@ -124,6 +130,8 @@ class Projection:
         self._tasks: list[asyncio.Task[None]] = []
         self.token_listeners: list[object] = on_tokens_changed or []
         self.log_listeners: list[Callable[[str], None]] = []
+        # Told (start, end, changes) each time `applied` moves from start to end, in order.
+        self.change_listeners: list[Callable[[int, int, list[Change]], None]] = []
         self.hits = 0
         self.misses = 0
         self.listening = False
@@ -180,14 +188,23 @@ class Projection:
             return False
         return True
 
-    def _advance(self, size: int) -> None:
-        """Move `applied` on (never back) and wake whoever waits for it."""
-        if size <= self.applied:
+    def _advance(self, size: int, changes: list[Change]) -> None:
+        """Move `applied` on (never back), wake whoever waits for it, and tell the change
+        listeners what the entries in between changed (`changes` may start before them)."""
+        start = self.applied
+        if size <= start:
             return
         self.applied = size
         self.horizon = max(self.horizon, size)
         woken, self._advanced = self._advanced, asyncio.Event()
         woken.set()
+        if self.change_listeners:
+            news = [c for c in changes if c.index >= start]
+            for listener in self.change_listeners:
+                try:
+                    listener(start, size, news)
+                except Exception:
+                    log.exception("a change listener failed")
 
     def peek(self, device_id: str, purpose: str) -> object:
         """The cached deciding entry (None included), or MISSING; never reads the database."""
@@ -252,7 +269,10 @@ class Projection:
             self.clear()
             raise
         if batch.start <= self.applied:
-            self._advance(batch.size)
+            changes = [change_of(e, d) for e, d in batch.entries] if self.change_listeners else []
+            if batch.registry is not None:
+                changes.append(change_of(batch.registry, None))
+            self._advance(batch.size, changes)
 
     def apply_replayed(self, entry: Entry, device_id: str, tree_size: int) -> None:
         """An entry a retried request found already recorded, perhaps by another replica."""
@@ -322,11 +342,10 @@ class Projection:
             rows = await self.log.tail(self.applied, min(self.applied + TAIL_PAGE, head))
             if not rows:
                 break
-            for row in rows:
-                self._apply(row.idx, row.entry, row.device_id)
+            changes = [self._apply(row.entry, row.device_id) for row in rows]
             # No await between applying and advancing: a lookup that compares its snapshot with
             # `horizon` must see exactly what the cache already reflects.
-            self._advance(rows[-1].idx + 1)
+            self._advance(rows[-1].idx + 1, changes)
         self.caught_up_at = max(self.caught_up_at, looked_at)
         metrics.observe_projection(self.applied, head, self.staleness(), self.size())
 
@@ -349,15 +368,17 @@ class Projection:
         for listener in self.registry_listeners:
             listener(entry)
 
-    def _apply(self, idx: int, data: bytes, device_id: str | None) -> None:
+    def _apply(self, data: bytes, device_id: str | None) -> Change:
         if is_registry_entry(data):
-            self._adopt(parse_registry_entry(data))
-            return
+            registry = parse_registry_entry(data)
+            self._adopt(registry)
+            return change_of(registry, None)
         entry = parse_entry(data)
         if entry.action == "erase":
             self._forget(entry.subject)
-            return
-        self._apply_entry(entry, device_id)
+        else:
+            self._apply_entry(entry, device_id)
+        return change_of(entry, device_id)
 
     def _apply_entry(self, entry: Entry, device_id: str | None) -> None:
         if device_id is not None and self._subjects.get(device_id, MISSING) in (None, ERASED_DEVICE):

@@ -4,9 +4,14 @@
 benchmarks/check.py (see README); the other stays available for that comparison.
 """
 
+import asyncio
 import errno
+import os
+import signal
 import socket
 import sys
+from collections.abc import Callable
+from types import FrameType
 from typing import Literal
 
 from ledger import logs
@@ -34,6 +39,37 @@ def check_address(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"--port {port}: {host}:{port} is already in use (another server?)") from None
             raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
+
+
+def on_termination(callback: Callable[[], None]) -> Callable[[], None]:
+    """Have the running event loop call `callback` as soon as this process is asked to stop
+    (SIGTERM, SIGINT), before the server drains its connections: granian and uvicorn wait for
+    every response to finish first, and a watch stream never finishes by itself. Chains to the
+    handler already installed (the server's own, which starts the drain). Returns a function that
+    puts that handler back. Does nothing outside the main thread, where signals cannot be set."""
+    loop = asyncio.get_running_loop()
+    previous: dict[int, object] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        chained = previous[signum]
+        if callable(chained):
+            chained(signum, frame)
+        elif chained == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    def restore() -> None:
+        for signum, chained in previous.items():
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, chained)  # type: ignore[arg-type]
+
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:
+        restore()
+    return restore
 
 
 def run(

@@ -34,6 +34,7 @@ KNOWN = {
     "LEDGER_WEBHOOK_ALLOW_PRIVATE",
     "LEDGER_TOMBSTONE_KEY",
     "LEDGER_LOG_FORMAT",
+    "LEDGER_WATCH_RETENTION",
     *(f"{name}_FILE" for name in FILE_VARIANTS),
 }
 MIN_ADMIN_TOKEN_LENGTH = 32
@@ -60,6 +61,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tombstone_key: str | None = None
     # None: json unless stderr is a terminal (decided by ledger.logs, which owns stderr).
     log_format: LogFormat | None = None
+    # Log entries a GET /v1/watch resume point may be behind and still be replayed; further
+    # behind, the stream starts with a resync event. 100,000 entries: about a minute and a half
+    # of 24 writers at full speed, or a day of a busy app; replaying them is 50 reads of a page.
+    watch_retention: int = 100_000
 
     @property
     def embedded(self) -> bool:
@@ -190,6 +195,7 @@ def parse(env: Mapping[str, str]) -> Settings:
         webhook_allow_private=_boolean(env, "LEDGER_WEBHOOK_ALLOW_PRIVATE"),
         tombstone_key=_secret(env, "LEDGER_TOMBSTONE_KEY"),
         log_format=_log_format(env),
+        watch_retention=_integer(env, "LEDGER_WATCH_RETENTION", 100_000, 0, 1_000_000_000),
     )
 
 

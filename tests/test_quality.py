@@ -12,9 +12,9 @@ ROOT = Path(__file__).parents[1]
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "ledger", "tests", "benchmarks"],
-        ["ruff", "format", "--check", "ledger", "tests", "benchmarks"],
-        ["mypy"],
+        ["ruff", "check", "ledger", "tests", "benchmarks", "examples"],
+        ["ruff", "format", "--check", "ledger", "tests", "benchmarks", "examples"],
+        ["mypy", "ledger", "examples"],
     ],
     ids=["ruff-check", "ruff-format", "mypy"],
 )

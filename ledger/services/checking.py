@@ -80,15 +80,27 @@ class Checking:
                 raise ConsistencyTimeout(f"this replica has not applied log size {size} yet")
         registry = self.projection.registry
         self.check_purposes(pairs, registry)
+        decisions = await self._from_projection(pairs, registry)
+        metrics.count_decisions(decisions)
+        return decisions
+
+    async def current(self, pairs: Sequence[tuple[str, str]]) -> list[Decision | None]:
+        """What `decide` would answer now for each pair, for pairs read from the log (the watch
+        stream's): None for a purpose the registry in force no longer has (a check would be 422).
+        Fails with Stale as checks do; not counted as answers."""
+        registry = self.projection.registry
+        known = [pair for pair in pairs if pair[1] in registry.purposes]
+        decided = iter(await self._from_projection(known, registry) if known else [])
+        return [next(decided) if purpose in registry.purposes else None for _, purpose in pairs]
+
+    async def _from_projection(self, pairs: Sequence[tuple[str, str]], registry: Registry) -> list[Decision]:
         try:
             bases = await self.projection.lookup(pairs)
         except LogCorrupted as exc:
             raise self.integrity.corrupted(exc, "state") from None
         now = format_time(datetime.now(UTC))
         purposes = registry.purposes
-        decisions = [decide(p, purposes[p], basis, now) for (_, p), basis in zip(pairs, bases, strict=True)]
-        metrics.count_decisions(decisions)
-        return decisions
+        return [decide(p, purposes[p], basis, now) for (_, p), basis in zip(pairs, bases, strict=True)]
 
     async def registry_at(self, at: str | None) -> Registry:
         """The registry answers are given under: in force now, or at the RFC 3339 time `at`."""

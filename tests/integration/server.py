@@ -33,8 +33,10 @@ class Base(str):
 
 
 @contextmanager
-def running_server(env: dict[str, str], workers: int = 1, timeout: float = 60) -> Iterator[Base]:
-    port = free_port()
+def running_server(
+    env: dict[str, str], workers: int = 1, timeout: float = 60, port: int | None = None
+) -> Iterator[Base]:
+    port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     full_env.update({"LEDGER_ADMIN_TOKEN": ADMIN_TOKEN, **env})
     output = Path(tempfile.mkstemp(prefix="ledger-serve-", suffix=".log")[1])

@@ -38,7 +38,7 @@ def test_every_route_but_the_public_ones_refuses_a_request_without_a_token(base_
                 assert response.headers["www-authenticate"].startswith("Bearer")
             checked.add(template)
     assert checked == {template for _, template, _ in routes()} - PUBLIC
-    assert len(checked) == 18  # the contract's guarded routes (PUT /v1/purposes shares GET's template)
+    assert len(checked) == 19  # the contract's guarded routes (PUT /v1/purposes shares GET's template)
 
 
 def test_the_public_routes_are_exactly_the_contracts() -> None:

@@ -30,11 +30,11 @@ def test_own_publish_tail_and_restart_paths_switch_at_the_index_and_never_back()
     assert (view.registry_index, view.registry.purposes["telemetry"].min_policy_version) == (5, 2)
     # The tailer reaching an older registry entry afterwards changes nothing.
     first = registry_entry("00000000-0000-0000-0000-000000000001", 0, AT, raised(1))
-    view._apply(0, registry_entry_bytes(first), None)
+    view._apply(registry_entry_bytes(first), None)
     assert view.registry_index == 5
     assert view.registry.purposes["telemetry"].min_policy_version == 2
     # A later one does.
     third = registry_entry("00000000-0000-0000-0000-000000000003", 9, AT, raised(3))
-    view._apply(9, registry_entry_bytes(third), None)
+    view._apply(registry_entry_bytes(third), None)
     assert (view.registry_index, view.registry_recorded_at) == (9, AT)
     assert view.registry.purposes["telemetry"].min_policy_version == 3
