@@ -16,12 +16,14 @@ iteration), through the one formatter every other line goes through.
 """
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import logging.config
 import os
 import select
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -33,7 +35,7 @@ import msgspec
 from ledger.core.entry import format_time
 from ledger.settings import LogFormat
 
-__all__ = ["REQUEST_FIELDS", "REQUEST_ID", "configure", "default_format", "dict_config", "log_fields", "write_waiting"]
+__all__ = ["REQUEST_FIELDS", "REQUEST_ID", "configure", "default_format", "dict_config", "log_fields"]
 
 # The request being answered by the current task, for every line logged while answering it.
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("ledger_request_id", default=None)
@@ -50,7 +52,7 @@ _encode = msgspec.json.Encoder(enc_hook=str).encode
 _configured: LogFormat | None = None
 # The last whole second written and its text: every line of that second reuses it.
 _second: tuple[int, str] = (0, format_time(datetime.fromtimestamp(0, UTC))[:19])
-# Every Stderr handler of this process, to write their waiting lines before it forks.
+# Every Stderr handler of this process, to write their waiting lines before it forks or exits.
 _handlers: "weakref.WeakSet[Stderr]" = weakref.WeakSet()
 _pid = os.getpid()  # as LogRecord.process, without a system call a line
 
@@ -123,10 +125,11 @@ def _sole_stderr(logger: logging.Logger, level: int) -> "Stderr | None":
     return found
 
 
-def write_waiting() -> None:
+def _write_all_waiting() -> None:
     """Write the lines still waiting for the end of their event-loop iteration (see Stderr)."""
     for handler in list(_handlers):
-        handler.flush()
+        with contextlib.suppress(OSError, ValueError):  # stderr closed: as logging.shutdown, say nothing
+            handler.flush()
 
 
 def public_name(logger: str) -> str:
@@ -137,14 +140,16 @@ class Stderr(logging.StreamHandler[TextIO]):
     """The one handler: every line whole, in the order logged.
 
     An INFO or DEBUG line logged on a thread that runs an event loop (the access line, above
-    all) waits for the end of that loop's iteration, so that the lines of one iteration go out in
-    one write of whole lines, at most PIPE_BUF bytes: a pipe neither splits such a write nor mixes
-    it with another process's, and a write per line cost a third of the line
-    (benchmarks/access_log.py). Every other line (a warning or an error, or any line logged off
-    an event loop, as at startup) is written at once, after the lines waiting before it. Waiting
-    lines are also written when the app's lifespan ends (ledger.api.access_log), before the
-    process forks, and at exit (logging.shutdown): a process killed outright loses at most those
-    of the iteration it was in.
+    all) waits for the end of that loop's iteration: the lines of one iteration go out together,
+    in writes of whole lines of at most PIPE_BUF bytes, which a pipe neither splits nor mixes with
+    another process's writes. Under load one iteration answers many requests, and a write per line
+    would add half again to what the line costs (benchmarks/access_log.py). Every other line (a
+    warning or an error, or any line logged off an event loop, as at startup) is written at once,
+    after the lines waiting before it.
+
+    Waiting lines are also written before the process forks and when it exits, a granian worker
+    too; a process killed outright (SIGKILL, a crash) loses those of the iteration it was in,
+    less than PIPE_BUF bytes.
 
     It also routes Python's warnings into logging: granian's workers set up logging from the
     dictConfig alone, so this is the one place every process passes through."""
@@ -189,6 +194,7 @@ class Stderr(logging.StreamHandler[TextIO]):
             self._write_waiting()
         finally:
             self.release()
+        super().flush()
 
     def close(self) -> None:
         self.flush()
@@ -220,11 +226,12 @@ class Stderr(logging.StreamHandler[TextIO]):
             self.release()
 
     def _write_waiting(self) -> None:
-        if self._waiting:
-            text = "".join(self._waiting)
-            self._waiting.clear()
-            self._waiting_bytes = 0
-            self.stream.write(text)
+        if not self._waiting:
+            return
+        text = "".join(self._waiting)
+        self._waiting.clear()
+        self._waiting_bytes = 0
+        self.stream.write(text)
         self.stream.flush()
 
     def _forget(self) -> None:
@@ -241,7 +248,12 @@ def _after_fork_in_child() -> None:
         handler._forget()
 
 
-os.register_at_fork(before=write_waiting, after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_write_all_waiting, after_in_child=_after_fork_in_child)
+# At exit: logging.shutdown flushes every handler, but a forked multiprocessing child (a granian
+# worker) leaves through os._exit, after threading._shutdown() runs what is registered here (as
+# concurrent.futures does; CPython-internal, hence the guard).
+if register_before_threads_end := getattr(threading, "_register_atexit", None):
+    register_before_threads_end(_write_all_waiting)
 
 
 class Context(logging.Filter):

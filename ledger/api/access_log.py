@@ -14,7 +14,7 @@ import re
 import time
 from typing import Any
 
-from ledger.logs import REQUEST_ID, log_fields, write_waiting
+from ledger.logs import REQUEST_ID, log_fields
 
 __all__ = ["HEADER", "AccessLog"]
 
@@ -36,9 +36,6 @@ class AccessLog:
         self._routes: dict[str, str] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, receive, lifespan_send(send))
-            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -83,18 +80,6 @@ class AccessLog:
             # documented does not.
             route = self._routes[template] = re.sub(r"{(\w+):\w+}", r"{\1}", template)
         return route
-
-
-def lifespan_send(send: Any) -> Any:
-    """`send` for the app's lifespan, writing the log lines still waiting when the app has shut
-    down: the server's worker may exit before its event loop runs again (ledger.logs.Stderr)."""
-
-    async def send_after_waiting_lines(message: Any) -> None:
-        if message["type"].startswith("lifespan.shutdown."):
-            write_waiting()
-        await send(message)
-
-    return send_after_waiting_lines
 
 
 def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
