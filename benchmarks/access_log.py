@@ -1,7 +1,7 @@
 """What the access line adds to every request: in the process, and through a real server.
 
     python -m benchmarks.access_log [--calls 20000] [--to file|pipe|null]
-    python -m benchmarks.access_log --server [--seconds 3]
+    python -m benchmarks.access_log --server [--seconds 8]
 
 Calls ledger.api.access_log.AccessLog around an ASGI app that answers at once and prints, for
 each way of running it, the best of three mean microseconds per request, in CPU time of this
