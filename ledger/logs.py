@@ -148,8 +148,8 @@ class Stderr(logging.StreamHandler[TextIO]):
     after the lines waiting before it.
 
     Waiting lines are also written before the process forks and when it exits, a granian worker
-    too; a process killed outright (SIGKILL, a crash) loses those of the iteration it was in,
-    less than PIPE_BUF bytes.
+    too; a process killed outright (SIGKILL, a crash) loses those of the iteration it was in that
+    still wait, PIPE_BUF bytes at most (or one longer line).
 
     It also routes Python's warnings into logging: granian's workers set up logging from the
     dictConfig alone, so this is the one place every process passes through."""
