@@ -37,7 +37,8 @@ async def record(ledger: Services, device: str, action: str = "grant") -> int:
 
 
 async def message(frames: AsyncIterator[bytes]) -> Message:
-    [found] = parse((await anext(frames)).decode())
+    async with asyncio.timeout(10):  # a failure, not a hang, when what is awaited never comes
+        [found] = parse((await anext(frames)).decode())
     return found
 
 
