@@ -142,6 +142,7 @@ class Hub:
         self.changed = asyncio.Event()
         # Bumped when tokens were revoked somewhere: watchers check theirs again.
         self.tokens_generation = 0
+        self._verdicts: dict[str, asyncio.Future[bool]] = {}
         self._pending: deque[_Page] = deque()
         self._wake = asyncio.Event()
         self._replays = asyncio.Semaphore(REPLAYS)
@@ -193,7 +194,20 @@ class Hub:
 
     def _tokens_changed(self, _: object = None) -> None:
         self.tokens_generation += 1
+        self._verdicts.clear()
         self._wake_watchers()
+
+    async def still_allowed(self, token: str, allowed: Callable[[], Awaitable[bool]]) -> bool:
+        """Whether a stream's token still holds its scope, asked once per token however many
+        streams share it (all of them wake at once after a revocation notice). A token that
+        cannot be checked now counts as revoked: its streams end and their clients reconnect."""
+        verdict = self._verdicts.get(token)
+        if verdict is None:
+            verdict = self._verdicts[token] = asyncio.ensure_future(allowed())
+        try:
+            return await asyncio.shield(verdict)
+        except Exception:
+            return False
 
     async def _run(self) -> None:
         failing = False
@@ -264,8 +278,9 @@ class Hub:
 
     # -- watchers ----------------------------------------------------------------------------
 
-    async def watcher(self, resume: int | None, allowed: Callable[[], Awaitable[bool]]) -> "Watcher":
-        """A watcher from log position `resume` (None: from now). Raise UnprocessableRequest for
+    async def watcher(self, resume: int | None, token: str, allowed: Callable[[], Awaitable[bool]]) -> "Watcher":
+        """A watcher from log position `resume` (None: from now) for a bearer `token`, which
+        `allowed()` checks again after each revocation notice. Raise UnprocessableRequest for
         a position the log has not reached (a position behind the retention gets a resync), Stale
         when this process is not fresh, StorageError when it is stopping."""
         if self.closed:
@@ -279,15 +294,16 @@ class Hub:
                 raise UnprocessableRequest(
                     f"resume point ct1.{resume} is beyond the log (size {head}): not a position of this log"
                 )
-        return Watcher(self, self.now() if resume is None else resume, allowed)
+        return Watcher(self, self.now() if resume is None else resume, token, allowed)
 
 
 class Watcher:
     """One stream's cursor: every change before `cursor` has been sent."""
 
-    def __init__(self, hub: Hub, cursor: int, allowed: Callable[[], Awaitable[bool]]) -> None:
+    def __init__(self, hub: Hub, cursor: int, token: str, allowed: Callable[[], Awaitable[bool]]) -> None:
         self.hub = hub
         self.cursor = cursor
+        self.token = token
         self.allowed = allowed
         self.tokens_generation = hub.tokens_generation
         self.seq = hub.ring.next
@@ -356,33 +372,30 @@ class Watcher:
 
     async def _live(self) -> AsyncIterator[bytes]:
         hub = self.hub
-        last_sent = float("-inf")  # a heartbeat at once: the client learns where it stands
+        last_beat = float("-inf")  # a heartbeat at once: the client learns where it stands
         while not hub.closed:
             if self.tokens_generation != hub.tokens_generation:
                 self.tokens_generation = hub.tokens_generation
-                try:
-                    still = await self.allowed()
-                except Exception:
-                    still = False  # cannot tell now: end the stream; the client reconnects
-                if not still:
+                if not await hub.still_allowed(self.token, self.allowed):
                     return  # the token was revoked: the stream ends
             changed = hub.changed  # before looking: a publish after the look sets it
             chunk = self._take()
+            now = time.monotonic()
+            if self.seq == hub.ring.next and now - last_beat >= HEARTBEAT_SECONDS:
+                # Caught up: say so at least every HEARTBEAT_SECONDS, events flowing or not, so a
+                # heartbeat always means "you have everything up to here, as of now". Only a
+                # fresh hub may say it: a client measures its freshness by its heartbeats, so a
+                # stale worker goes silent and the client's mirror fails closed instead of
+                # trusting a stream that no longer knows what the log says. A lagging watcher
+                # (replaying, or behind the ring) gets events but no heartbeat until it catches up.
+                if hub.fresh():
+                    chunk += heartbeat_frame(self.cursor)
+                    last_beat = now
+                else:
+                    last_beat = now - HEARTBEAT_SECONDS + 0.1  # look again soon
             if chunk:
                 yield chunk
-                last_sent = time.monotonic()
                 continue
-            now = time.monotonic()
-            if now - last_sent >= HEARTBEAT_SECONDS:
-                # Only a fresh hub may say "nothing happened up to here". A client measures its
-                # freshness by the time since the last event or heartbeat, so a stale worker must
-                # go silent: then the client's mirror fails closed instead of trusting a stream
-                # that no longer knows what the log says.
-                if hub.fresh():
-                    yield heartbeat_frame(self.cursor)
-                    last_sent = now = time.monotonic()
-                else:
-                    last_sent = now - HEARTBEAT_SECONDS + 0.1  # look again soon
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, last_sent + HEARTBEAT_SECONDS - now)):
+                async with asyncio.timeout(max(0.0, last_beat + HEARTBEAT_SECONDS - now)):
                     await changed.wait()

@@ -60,7 +60,7 @@ class WatchController(Controller):
             record = await ledger.access.authenticate(token)
             return record is not None and grants(record.scopes, SCOPE)
 
-        watcher = await ledger.watch.watcher(None if resume is None else _position(resume), allowed)
+        watcher = await ledger.watch.watcher(None if resume is None else _position(resume), token, allowed)
         return Stream(watcher.frames(), media_type=EVENT_STREAM)
 
 
