@@ -50,9 +50,10 @@ class WatchController(Controller):
     ) -> Stream:
         """Every change committed after the resume point (`Last-Event-ID`, else `from`, else now),
         in log order and without gaps, as Server-Sent Events: `decision`, `erasure` and `registry`
-        events whose `id:` is the consistency token just after them, a `heartbeat` with the log
-        size after 0.5 s without events (only while this replica is fresh), and `resync` instead
-        of a gap. The body is `text/event-stream`; it never ends while the server runs."""
+        events whose `id:` is the consistency token just after them, a `heartbeat` with the size
+        covered at least every 0.5 s while the stream is caught up and this replica fresh, and
+        `resync` instead of a gap. The body is `text/event-stream`; it never ends while the
+        server runs."""
         resume = last_event_id or from_
         token = bearer(request.headers.get("authorization", "")) or ""
 
