@@ -99,6 +99,11 @@ class Ring:
         self.next += 1
         return evicted
 
+    def clear(self) -> None:
+        """Hold nothing; sequence numbers go on from where they were."""
+        self._slots = [None] * self.capacity
+        self.first = self.next
+
     def __getitem__(self, seq: int) -> Event:
         event = self._slots[seq % self.capacity]
         assert event is not None, "read outside the ring"
@@ -139,6 +144,7 @@ class Hub:
         self.position = 0
         self.ring_start = 0
         self.closed = False
+        self.watching = 0  # streams open on this process
         self.changed = asyncio.Event()
         # Bumped when tokens were revoked somewhere: watchers check theirs again.
         self.tokens_generation = 0
@@ -216,6 +222,9 @@ class Hub:
             self._wake.clear()
             while self._pending:
                 # Everything waiting, up to a tail page of changes, in one lookup.
+                if not self.watching:
+                    self._skip(self._pending[-1].end)
+                    break
                 taken, changes = 0, list[Change]()
                 for page in self._pending:
                     if taken and len(changes) + len(page.changes) > TAIL_PAGE:
@@ -272,6 +281,13 @@ class Hub:
         metrics.count_watch_events(len(events))
         self._wake_watchers()
 
+    def _skip(self, end: int) -> None:
+        """Nobody watches: build nothing (no decision lookups on a worker without watchers) and
+        start the ring afresh at `end`; a watcher resuming behind it is replayed from the log."""
+        self._pending.clear()
+        self.ring.clear()
+        self.position = self.ring_start = max(self.position, end)
+
     def _wake_watchers(self) -> None:
         woken, self.changed = self.changed, asyncio.Event()
         woken.set()
@@ -311,6 +327,7 @@ class Watcher:
     async def frames(self) -> AsyncIterator[bytes]:
         hub = self.hub
         metrics.WATCHERS.inc()
+        hub.watching += 1
         try:
             yield RETRY
             if hub.now() - self.cursor > hub.retention:
@@ -321,6 +338,7 @@ class Watcher:
             async for chunk in self._live():
                 yield chunk
         finally:
+            hub.watching -= 1
             metrics.WATCHERS.dec()
 
     def _resync(self, reason: str) -> bytes:

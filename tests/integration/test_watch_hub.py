@@ -162,3 +162,15 @@ async def test_heartbeats_keep_coming_while_events_flow(ledger: Services) -> Non
             assert found.data["index"] == index
             n += 1
     assert n > 3
+
+
+async def test_with_nobody_watching_nothing_is_looked_up_and_a_resume_is_replayed(ledger: Services) -> None:
+    looked_up = ledger.projection.hits + ledger.projection.misses
+    start = ledger.projection.applied
+    indexes = [await record(ledger, f"unwatched-{n}") for n in range(3)]
+    await until(lambda: ledger.watch.position == indexes[-1] + 1, what="the hub moved on")
+    assert ledger.projection.hits + ledger.projection.misses == looked_up
+    assert ledger.watch.ring_start == ledger.watch.position
+    frames = Reader((await ledger.watch.watcher(start, "token", allowed)).frames())
+    await frames.start()
+    assert [(await frames.change()).data["index"] for _ in indexes] == indexes
