@@ -99,6 +99,11 @@ class Ring:
         self.next += 1
         return evicted
 
+    def clear(self) -> None:
+        """Hold nothing; sequence numbers go on from where they were."""
+        self._slots = [None] * self.capacity
+        self.first = self.next
+
     def __getitem__(self, seq: int) -> Event:
         event = self._slots[seq % self.capacity]
         assert event is not None, "read outside the ring"
@@ -139,9 +144,11 @@ class Hub:
         self.position = 0
         self.ring_start = 0
         self.closed = False
+        self.watching = 0  # streams open on this process
         self.changed = asyncio.Event()
         # Bumped when tokens were revoked somewhere: watchers check theirs again.
         self.tokens_generation = 0
+        self._verdicts: dict[str, asyncio.Future[bool]] = {}
         self._pending: deque[_Page] = deque()
         self._wake = asyncio.Event()
         self._replays = asyncio.Semaphore(REPLAYS)
@@ -193,7 +200,20 @@ class Hub:
 
     def _tokens_changed(self, _: object = None) -> None:
         self.tokens_generation += 1
+        self._verdicts.clear()
         self._wake_watchers()
+
+    async def still_allowed(self, token: str, allowed: Callable[[], Awaitable[bool]]) -> bool:
+        """Whether a stream's token still holds its scope, asked once per token however many
+        streams share it (all of them wake at once after a revocation notice). A token that
+        cannot be checked now counts as revoked: its streams end and their clients reconnect."""
+        verdict = self._verdicts.get(token)
+        if verdict is None:
+            verdict = self._verdicts[token] = asyncio.ensure_future(allowed())
+        try:
+            return await asyncio.shield(verdict)
+        except Exception:
+            return False
 
     async def _run(self) -> None:
         failing = False
@@ -202,6 +222,9 @@ class Hub:
             self._wake.clear()
             while self._pending:
                 # Everything waiting, up to a tail page of changes, in one lookup.
+                if not self.watching:
+                    self._skip(self._pending[-1].end)
+                    break
                 taken, changes = 0, list[Change]()
                 for page in self._pending:
                     if taken and len(changes) + len(page.changes) > TAIL_PAGE:
@@ -258,14 +281,22 @@ class Hub:
         metrics.count_watch_events(len(events))
         self._wake_watchers()
 
+    def _skip(self, end: int) -> None:
+        """Nobody watches: build nothing (no decision lookups on a worker without watchers) and
+        start the ring afresh at `end`; a watcher resuming behind it is replayed from the log."""
+        self._pending.clear()
+        self.ring.clear()
+        self.position = self.ring_start = max(self.position, end)
+
     def _wake_watchers(self) -> None:
         woken, self.changed = self.changed, asyncio.Event()
         woken.set()
 
     # -- watchers ----------------------------------------------------------------------------
 
-    async def watcher(self, resume: int | None, allowed: Callable[[], Awaitable[bool]]) -> "Watcher":
-        """A watcher from log position `resume` (None: from now). Raise UnprocessableRequest for
+    async def watcher(self, resume: int | None, token: str, allowed: Callable[[], Awaitable[bool]]) -> "Watcher":
+        """A watcher from log position `resume` (None: from now) for a bearer `token`, which
+        `allowed()` checks again after each revocation notice. Raise UnprocessableRequest for
         a position the log has not reached (a position behind the retention gets a resync), Stale
         when this process is not fresh, StorageError when it is stopping."""
         if self.closed:
@@ -279,15 +310,16 @@ class Hub:
                 raise UnprocessableRequest(
                     f"resume point ct1.{resume} is beyond the log (size {head}): not a position of this log"
                 )
-        return Watcher(self, self.now() if resume is None else resume, allowed)
+        return Watcher(self, self.now() if resume is None else resume, token, allowed)
 
 
 class Watcher:
     """One stream's cursor: every change before `cursor` has been sent."""
 
-    def __init__(self, hub: Hub, cursor: int, allowed: Callable[[], Awaitable[bool]]) -> None:
+    def __init__(self, hub: Hub, cursor: int, token: str, allowed: Callable[[], Awaitable[bool]]) -> None:
         self.hub = hub
         self.cursor = cursor
+        self.token = token
         self.allowed = allowed
         self.tokens_generation = hub.tokens_generation
         self.seq = hub.ring.next
@@ -295,6 +327,7 @@ class Watcher:
     async def frames(self) -> AsyncIterator[bytes]:
         hub = self.hub
         metrics.WATCHERS.inc()
+        hub.watching += 1
         try:
             yield RETRY
             if hub.now() - self.cursor > hub.retention:
@@ -305,6 +338,7 @@ class Watcher:
             async for chunk in self._live():
                 yield chunk
         finally:
+            hub.watching -= 1
             metrics.WATCHERS.dec()
 
     def _resync(self, reason: str) -> bytes:
@@ -360,29 +394,25 @@ class Watcher:
         while not hub.closed:
             if self.tokens_generation != hub.tokens_generation:
                 self.tokens_generation = hub.tokens_generation
-                try:
-                    still = await self.allowed()
-                except Exception:
-                    still = False  # cannot tell now: end the stream; the client reconnects
-                if not still:
+                if not await hub.still_allowed(self.token, self.allowed):
                     return  # the token was revoked: the stream ends
             changed = hub.changed  # before looking: a publish after the look sets it
             chunk = self._take()
-            if chunk:
-                yield chunk
             now = time.monotonic()
-            if now - last_beat >= HEARTBEAT_SECONDS:
-                # Only a fresh hub may say "nothing happened up to here", and it says so every
-                # HEARTBEAT_SECONDS whether events flow or not: a client measures its freshness
-                # by the time since the last heartbeat (an event does not say when it was
-                # built), so a stale worker must go silent and the client's mirror fails closed
-                # instead of trusting a stream that no longer knows what the log says.
+            if self.seq == hub.ring.next and now - last_beat >= HEARTBEAT_SECONDS:
+                # Caught up: say so at least every HEARTBEAT_SECONDS, events flowing or not, so a
+                # heartbeat always means "you have everything up to here, as of now". Only a
+                # fresh hub may say it: a client measures its freshness by its heartbeats, so a
+                # stale worker goes silent and the client's mirror fails closed instead of
+                # trusting a stream that no longer knows what the log says. A lagging watcher
+                # (replaying, or behind the ring) gets events but no heartbeat until it catches up.
                 if hub.fresh():
-                    yield heartbeat_frame(self.cursor)
-                    last_beat = now = time.monotonic()
+                    chunk += heartbeat_frame(self.cursor)
+                    last_beat = now
                 else:
                     last_beat = now - HEARTBEAT_SECONDS + 0.1  # look again soon
             if chunk:
+                yield chunk
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, last_beat + HEARTBEAT_SECONDS - now)):

@@ -50,9 +50,10 @@ class WatchController(Controller):
     ) -> Stream:
         """Every change committed after the resume point (`Last-Event-ID`, else `from`, else now),
         in log order and without gaps, as Server-Sent Events: `decision`, `erasure` and `registry`
-        events whose `id:` is the consistency token just after them, a `heartbeat` with the log
-        size after 0.5 s without events (only while this replica is fresh), and `resync` instead
-        of a gap. The body is `text/event-stream`; it never ends while the server runs."""
+        events whose `id:` is the consistency token just after them, a `heartbeat` with the size
+        covered at least every 0.5 s while the stream is caught up and this replica fresh, and
+        `resync` instead of a gap. The body is `text/event-stream`; it never ends while the
+        server runs."""
         resume = last_event_id or from_
         token = bearer(request.headers.get("authorization", "")) or ""
 
@@ -60,7 +61,7 @@ class WatchController(Controller):
             record = await ledger.access.authenticate(token)
             return record is not None and grants(record.scopes, SCOPE)
 
-        watcher = await ledger.watch.watcher(None if resume is None else _position(resume), allowed)
+        watcher = await ledger.watch.watcher(None if resume is None else _position(resume), token, allowed)
         return Stream(watcher.frames(), media_type=EVENT_STREAM)
 
 

@@ -55,29 +55,33 @@ class Watch:
         assert message.event == "heartbeat", message
         return message
 
-    async def to_the_end(self) -> None:
-        """Read until the server ends the stream (Ended), whatever it sends before."""
-        while True:
-            await self.next()
+    async def to_the_end(self, within: float = 20) -> None:
+        """Read until the server ends the stream (Ended), whatever it sends before; a stream that
+        keeps going (heartbeats) fails with TimeoutError after `within` seconds."""
+        async with asyncio.timeout(within):
+            while True:
+                await self.next()
 
-    async def changes(self, count: int) -> list[Message]:
+    async def changes(self, count: int, within: float = 20) -> list[Message]:
         """The next `count` messages that are not heartbeats."""
         found: list[Message] = []
-        while len(found) < count:
-            message = await self.next()
-            if message.event != "heartbeat":
-                found.append(message)
+        async with asyncio.timeout(within):  # heartbeats alone would keep it waiting for ever
+            while len(found) < count:
+                message = await self.next()
+                if message.event != "heartbeat":
+                    found.append(message)
         return found
 
-    async def until_size(self, size: int) -> list[Message]:
+    async def until_size(self, size: int, within: float = 20) -> list[Message]:
         """Every message that is not a heartbeat, until a heartbeat says the stream covers `size`."""
         found: list[Message] = []
-        while True:
-            message = await self.next()
-            if message.event != "heartbeat":
-                found.append(message)
-            elif message.data["size"] >= size:
-                return found
+        async with asyncio.timeout(within):
+            while True:
+                message = await self.next()
+                if message.event != "heartbeat":
+                    found.append(message)
+                elif message.data["size"] >= size:
+                    return found
 
 
 @contextlib.asynccontextmanager

@@ -36,16 +36,27 @@ async def record(ledger: Services, device: str, action: str = "grant") -> int:
     return receipt.index
 
 
-async def message(frames: AsyncIterator[bytes]) -> Message:
-    [found] = parse((await anext(frames)).decode())
-    return found
+class Reader:
+    """A watcher's frames, one message at a time (a write may hold several)."""
 
+    def __init__(self, frames: AsyncIterator[bytes]) -> None:
+        self.frames = frames
+        self.waiting: list[Message] = []
 
-async def change(frames: AsyncIterator[bytes]) -> Message:
-    """The next message that is not a heartbeat (one comes every 0.5 s, events or not)."""
-    while (found := await message(frames)).event == "heartbeat":
-        pass
-    return found
+    async def start(self) -> None:
+        assert await anext(self.frames) == RETRY
+
+    async def next(self) -> Message:
+        while not self.waiting:
+            async with asyncio.timeout(10):  # a failure, not a hang, when what is awaited never comes
+                self.waiting = parse((await anext(self.frames)).decode())
+        return self.waiting.pop(0)
+
+    async def change(self) -> Message:
+        """The next message that is not a heartbeat."""
+        while (found := await self.next()).event == "heartbeat":
+            pass
+        return found
 
 
 @pytest.fixture
@@ -68,19 +79,19 @@ async def test_a_watcher_the_ring_laps_gets_a_resync_then_everything_after_it(le
     )
     hub.start()
     try:
-        frames = (await hub.watcher(None, allowed)).frames()
-        assert await anext(frames) == RETRY
-        assert (await message(frames)).event == "heartbeat"
+        frames = Reader((await hub.watcher(None, "token", allowed)).frames())
+        await frames.start()
+        assert (await frames.next()).event == "heartbeat"
         for n in range(10):  # the watcher reads nothing meanwhile
             await record(ledger, f"lapped-{n}")
         size = ledger.projection.applied
         await until(lambda: hub.position == size, what="the hub built every event")
-        resync = await message(frames)
+        resync = await frames.next()
         assert (resync.event, resync.id, resync.data["size"]) == ("resync", f"ct1.{size}", size)
         assert resync.data["reason"].startswith("slow consumer:")
-        assert (await message(frames)).data == {"type": "heartbeat", "size": size}
+        assert (await frames.next()).data == {"type": "heartbeat", "size": size}
         index = await record(ledger, "after-the-resync")
-        event = await message(frames)
+        event = await frames.change()
         assert (event.event, event.data["index"]) == ("decision", index)
     finally:
         await hub.close()
@@ -97,12 +108,12 @@ async def test_a_watcher_that_keeps_up_never_needs_a_resync(ledger: Services) ->
     )
     hub.start()
     try:
-        frames = (await hub.watcher(None, allowed)).frames()
-        assert await anext(frames) == RETRY
-        await message(frames)
+        frames = Reader((await hub.watcher(None, "token", allowed)).frames())
+        await frames.start()
+        await frames.next()
         for n in range(10):
             index = await record(ledger, f"kept-up-{n}")
-            event = await change(frames)
+            event = await frames.change()
             assert (event.event, event.data["index"]) == ("decision", index)
     finally:
         await hub.close()
@@ -110,25 +121,56 @@ async def test_a_watcher_that_keeps_up_never_needs_a_resync(ledger: Services) ->
 
 async def test_own_batches_reach_watchers_without_the_tail_and_name_the_erased_device(ledger: Services) -> None:
     stop_tailing(ledger)
-    frames = (await ledger.watch.watcher(None, allowed)).frames()
-    assert await anext(frames) == RETRY
-    await message(frames)
+    frames = Reader((await ledger.watch.watcher(None, "token", allowed)).frames())
+    await frames.start()
+    await frames.next()
     granted = await record(ledger, "own-1")
-    event = await change(frames)
+    event = await frames.change()
     assert (event.event, event.data["index"], event.data["decision"]["reason"]) == ("decision", granted, "granted")
     erased = await ledger.erasure.erase("own-1")
-    event = await change(frames)
+    event = await frames.change()
     assert event.data == {"type": "erasure", "device_id": "own-1", "index": erased.index}
 
 
 async def test_a_stale_worker_sends_no_heartbeats(ledger: Services) -> None:
     """A client counts a heartbeat as "nothing changed up to here": once this process cannot show
     its projection is within the staleness bound, it must stay silent so the client fails closed."""
-    frames = (await ledger.watch.watcher(None, allowed)).frames()
-    assert await anext(frames) == RETRY
+    frames = Reader((await ledger.watch.watcher(None, "token", allowed)).frames())
+    await frames.start()
     for _ in range(3):
-        assert (await message(frames)).event == "heartbeat"
+        assert (await frames.next()).event == "heartbeat"
     stop_tailing(ledger)
     await until(lambda: not ledger.projection.fresh(), what="the projection went stale")
+    assert frames.waiting == []
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(anext(frames), 2)
+        await asyncio.wait_for(anext(frames.frames), 2)
+
+
+async def test_heartbeats_keep_coming_while_events_flow(ledger: Services) -> None:
+    """A heartbeat means "you have everything up to here, as of now": a client that counts its
+    freshness by heartbeats must not go stale because the log is busy."""
+    frames = Reader((await ledger.watch.watcher(None, "token", allowed)).frames())
+    await frames.start()
+    await frames.next()
+    beats, n = 0, 0
+    async with asyncio.timeout(20):
+        while beats < 3:  # each record is followed by its event: never 0.5 s of silence
+            index = await record(ledger, f"busy-{n}")
+            while (found := await frames.next()).event == "heartbeat":
+                beats += 1
+                assert found.data["size"] <= index + 1
+            assert found.data["index"] == index
+            n += 1
+    assert n > 3
+
+
+async def test_with_nobody_watching_nothing_is_looked_up_and_a_resume_is_replayed(ledger: Services) -> None:
+    looked_up = ledger.projection.hits + ledger.projection.misses
+    start = ledger.projection.applied
+    indexes = [await record(ledger, f"unwatched-{n}") for n in range(3)]
+    await until(lambda: ledger.watch.position == indexes[-1] + 1, what="the hub moved on")
+    assert ledger.projection.hits + ledger.projection.misses == looked_up
+    assert ledger.watch.ring_start == ledger.watch.position
+    frames = Reader((await ledger.watch.watcher(start, "token", allowed)).frames())
+    await frames.start()
+    assert [(await frames.change()).data["index"] for _ in indexes] == indexes

@@ -20,6 +20,7 @@ def test_defaults_are_safe() -> None:
     assert settings.webhook_allow_private is False
     assert settings.workers == 1
     assert settings.signing_key_path == settings.data_dir / "signing.key"
+    assert settings.watch_retention == 100_000
 
 
 def test_values_are_read(tmp_path: Path) -> None:
@@ -34,6 +35,7 @@ def test_values_are_read(tmp_path: Path) -> None:
             "LEDGER_MAX_STALENESS_MS": "250",
             "LEDGER_WORKERS": "4",
             "LEDGER_WEBHOOK_ALLOW_PRIVATE": "true",
+            "LEDGER_WATCH_RETENTION": "0",
         }
     )
     assert not settings.embedded
@@ -41,6 +43,7 @@ def test_values_are_read(tmp_path: Path) -> None:
     assert settings.max_staleness_ms == 250
     assert settings.workers == 4
     assert settings.webhook_allow_private is True
+    assert settings.watch_retention == 0
 
 
 @pytest.mark.parametrize(
@@ -57,6 +60,8 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("LEDGER_CACHE_SIZE", "-1"),
         ("LEDGER_WORKERS", "1000"),
         ("LEDGER_WEBHOOK_ALLOW_PRIVATE", "maybe"),
+        ("LEDGER_WATCH_RETENTION", "-1"),
+        ("LEDGER_WATCH_RETENTION", "lots"),
     ],
 )
 def test_a_wrong_value_names_its_variable(name: str, value: str) -> None:

@@ -18,3 +18,14 @@ def test_seek_finds_the_first_event_at_or_after_a_log_index_across_the_wrap() ->
     assert (ring.first, ring.next) == (2, 6)
     assert [ring.seek(index) for index in (0, 4, 5, 8, 9, 10, 15, 16)] == [2, 2, 3, 3, 4, 5, 5, 6]
     assert Ring(2).seek(7) == 0
+
+
+def test_a_cleared_ring_holds_nothing_and_numbers_on() -> None:
+    ring = Ring(2)
+    for index in (3, 5, 8):
+        ring.push(Event(index, b""))
+    ring.clear()
+    assert (ring.first, ring.next) == (3, 3)
+    assert ring.seek(0) == 3
+    ring.push(Event(9, b"9"))
+    assert ring[3] == Event(9, b"9")
