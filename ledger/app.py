@@ -20,7 +20,7 @@ from ledger.api.log import ExportController, KeysController, LogController
 from ledger.api.problems import EXCEPTION_HANDLERS
 from ledger.api.strict import StrictRequests
 from ledger.api.webhooks import WebhooksController
-from ledger.composition import Services
+from ledger.composition import Services, open_patiently
 from ledger.settings import Settings
 
 # Nothing else sets it, so it is appended as raw bytes (lower case, as ASGI headers are).
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         url, server = await embedded.resolve_database(settings)
-        ledger = await Services.open(settings, url, keys.load_signer(settings))
+        ledger = await open_patiently(settings, url, keys.load_signer(settings))
         app.state.ledger = ledger
         flusher = asyncio.create_task(metrics.flush_periodically())
         try:

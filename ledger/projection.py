@@ -291,6 +291,8 @@ class Projection:
                 ):
                     self.listening = True
                     self._doorbell.set()  # catch up on whatever happened while not listening
+                    # Token lookups under way began before anyone listened: they must not be cached.
+                    self._tokens_changed("")
                     await lost.wait()
             except asyncio.CancelledError:
                 raise

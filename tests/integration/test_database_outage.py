@@ -3,6 +3,7 @@ a 500; the embedded server is started again by `ledger serve` and nothing acknow
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import re
 import signal
@@ -17,9 +18,12 @@ import pytest
 
 from ledger import auth, embedded
 from ledger.app import create_app
+from ledger.composition import open_patiently
+from ledger.core.note import Signer
 from ledger.settings import Settings
 from ledger.storage.database import ensure_database
 
+from .helpers import until
 from .server import ADMIN_TOKEN, running_server
 
 DEVICE = "outage-device"  # recorded before the outage; the requests fired erase another one
@@ -209,3 +213,31 @@ def test_the_embedded_server_is_started_again_after_a_kill(tmp_path: Path) -> No
             assert record(base, f"after-{round}").status_code == 201
         assert "unhandled error" not in base.output()
         assert "runs again" in base.output()
+
+
+def test_a_worker_that_starts_while_the_database_is_down_waits_for_it(
+    private_postgres: tuple[Any, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`ledger serve` reached the database before it started its workers; one that then finds it
+    down (being started again after a kill) must wait, for a worker that exits stops the server."""
+    server, url = private_postgres
+    settings = Settings(database_url=url, data_dir=tmp_path / "data", log_origin="outage.test/log")
+    kill_postmaster(server.pgdata)
+
+    async def scenario() -> None:
+        opening = asyncio.create_task(open_patiently(settings, url, Signer.generate("outage.test/log")))
+        await until(
+            lambda: opening.done() or "unreachable while this worker starts" in caplog.text,
+            within=30,
+            what="a failed first try",
+        )
+        assert not opening.done(), "the worker gave up"
+        with embedded.Supervisor(server):  # starts it again, as `ledger serve` does
+            services = await asyncio.wait_for(opening, 60)
+        try:
+            assert await services.ready()
+        finally:
+            await services.close()
+
+    with caplog.at_level(logging.WARNING, logger="ledger"):
+        asyncio.run(scenario())
