@@ -27,6 +27,20 @@ def draft(device: str = "device-1", purpose: str = "pixverse_sharing", action: s
     return Draft(**fields)
 
 
+def eventually(check: Callable[[], None], within: float = 10, every: float = 0.05) -> None:
+    """Run `check` until it stops raising AssertionError; its last failure after `within` s. For
+    outcomes a background task produces (another worker's metrics, a settled delivery)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            check()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(every)
+
+
 async def until(condition: Callable[[], bool], within: float = 5, what: str = "the condition") -> None:
     """Wait, without touching what is watched, until `condition()` holds; fail after `within` s."""
     deadline = time.monotonic() + within
