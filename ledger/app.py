@@ -21,7 +21,7 @@ from ledger.api.problems import EXCEPTION_HANDLERS
 from ledger.api.strict import StrictRequests
 from ledger.api.watch import WatchController
 from ledger.api.webhooks import WebhooksController
-from ledger.composition import Services
+from ledger.composition import Services, open_patiently
 from ledger.server import on_termination
 from ledger.settings import Settings
 
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         url, server = await embedded.resolve_database(settings)
-        ledger = await Services.open(settings, url, keys.load_signer(settings))
+        ledger = await open_patiently(settings, url, keys.load_signer(settings))
         app.state.ledger = ledger
         flusher = asyncio.create_task(metrics.flush_periodically())
         # Watch streams end when the process is told to stop, or the server would wait for them.

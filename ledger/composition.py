@@ -5,7 +5,10 @@ one place: the appender hands each committed batch to this process's projection 
 else, so no receipt goes out before the answers of this process reflect it.
 """
 
+import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Self
 
@@ -15,6 +18,7 @@ from ledger.core.entry import format_time
 from ledger.core.note import Signer
 from ledger.core.purposes import Registry
 from ledger.core.registry import same_registry
+from ledger.errors import AppendOnlyViolation, LogCorrupted, MigrationError, StorageError
 from ledger.integrity import Integrity, ProvenLog
 from ledger.keys import KeyRing, check_signers, key_ring
 from ledger.projection import Projection
@@ -31,9 +35,11 @@ from ledger.storage import Stores, create_pool, migrations, open_stores
 from ledger.watch import Hub
 from ledger.webhooks import Dispatcher, webhook_key, webhook_verifier
 
-__all__ = ["ADMIN_TOKEN_NAME", "Services", "report_drift"]
+__all__ = ["ADMIN_TOKEN_NAME", "STARTUP_PATIENCE_SECONDS", "Services", "open_patiently", "report_drift"]
 
 ADMIN_TOKEN_NAME = "LEDGER_ADMIN_TOKEN"
+# How long a worker waits at start for a database that went away after `ledger serve` reached it.
+STARTUP_PATIENCE_SECONDS = 60.0
 log = logging.getLogger("ledger.registry")
 
 
@@ -59,7 +65,7 @@ class Services:
         self.integrity = Integrity()
         proven = ProvenLog(stores.log, ring.log_keys, self.integrity)
         self.position = Position(lambda: projection.applied, lambda: appender.tree_size or 0)
-        self.access = Access(stores.tokens)
+        self.access = Access(stores.tokens, hearing=lambda: projection.listening)
         self.registries = RegistryService(appender, projection, stores.log, proven, self.position)
         self.recording = Recording(appender, proven, projection, self.position)
         self.checking = Checking(
@@ -104,6 +110,7 @@ class Services:
         await migrations.migrate(database_url)
         stores = open_stores(await create_pool(database_url))
         ring = key_ring(signer, settings.trusted_keys, webhook_verifier(signer))
+        started: list[Appender | Projection | Dispatcher] = []
         try:
             await stores.log.register_key(signer.verifier)
             # Before anything is signed or served: a log that an untrusted key signed is refused.
@@ -114,6 +121,7 @@ class Services:
             # LEDGER_PURPOSES (or the built-in registry) seeds a log that has none; afterwards
             # the log's registry is in force, whatever this process was started with.
             await appender.start(seed=settings.registry)
+            started.append(appender)
             projection = Projection(
                 stores.log,
                 stores.subjects,
@@ -124,6 +132,7 @@ class Services:
                 registry=settings.registry,
             )
             await projection.start()
+            started.append(projection)
             report_drift(settings, projection.registry, projection.registry_index)
             # The webhook key is derived from the log key, so it rotates with it (README: Rotating
             # the log key); it is recorded beside the log keys but never signs a checkpoint.
@@ -134,7 +143,12 @@ class Services:
             appender.on_commit.append(projection.apply_committed)
             appender.on_commit.append(lambda _: dispatcher.ring())
             await dispatcher.start()
+            started.append(dispatcher)
         except BaseException:
+            # A failed start may be tried again (open_patiently): nothing of it may run on.
+            for part in reversed(started):
+                with contextlib.suppress(Exception):
+                    await part.stop()
             await stores.pool.close()
             raise
         return cls(settings, stores, signer, ring, appender, projection, dispatcher)
@@ -155,6 +169,34 @@ class Services:
         except Exception:
             return False
         return self.integrity.intact and self.appender.running and self.projection.fresh()
+
+
+async def open_patiently(
+    settings: Settings, database_url: str, signer: Signer, patience: float = STARTUP_PATIENCE_SECONDS
+) -> Services:
+    """Services.open, tried again while the database is unreachable, for up to `patience` seconds.
+
+    `ledger serve` reached the database before it started any worker, so a worker that cannot is
+    meeting an outage: the supervised embedded PostgreSQL being started again after a crash, or a
+    managed one failing over. Giving up would be worse than waiting: a worker that exits stops the
+    whole server (granian), and the workers already serving with it. What the database said
+    against the log (corruption, refused writes, a failed migration) is not an outage.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            return await Services.open(settings, database_url, signer)
+        except (LogCorrupted, AppendOnlyViolation, MigrationError):
+            raise
+        except StorageError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logging.getLogger("ledger").warning(
+                "the database is unreachable while this worker starts (%s); next try in %.1f s", exc, delay
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 async def bootstrap_admin_token(stores: Stores, token: str) -> None:

@@ -59,7 +59,7 @@ from ledger.core.notice import decode_notice, is_erasure, is_registry
 from ledger.core.purposes import BUILT_IN, Registry
 from ledger.core.registry import RegistryEntry, is_registry_entry, parse_registry_entry, unlogged
 from ledger.core.watch import Change, change_of
-from ledger.errors import ImpossibleState, Stale
+from ledger.errors import ImpossibleState, Stale, StorageError
 from ledger.storage import notifications
 from ledger.storage.log import LogStore
 from ledger.storage.notifications import LOG_CHANNEL, TOKEN_CHANNEL
@@ -72,6 +72,8 @@ MISSING: Final = object()
 # In the device cache: this device has no subject because it was erased (not: never consented).
 ERASED_DEVICE: Final = object()
 TAIL_PAGE = 2000
+# How long start() waits for its LISTEN connection (a connection attempt gives up after 10 s).
+LISTEN_WAIT_SECONDS = 15.0
 
 
 class _Lru(OrderedDict[object, object]):
@@ -134,7 +136,7 @@ class Projection:
         self.change_listeners: list[Callable[[int, int, list[Change]], None]] = []
         self.hits = 0
         self.misses = 0
-        self.listening = False
+        self._listening = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -151,6 +153,16 @@ class Projection:
             asyncio.create_task(self._listen(), name="ledger-listen"),
             asyncio.create_task(self._tail(), name="ledger-tail"),
         ]
+        # Serve only once revocations are heard: until then no token may be cached
+        # (ledger/services/access.py), and every request would ask the database.
+        try:
+            async with asyncio.timeout(LISTEN_WAIT_SECONDS):
+                await self._listening.wait()
+        except BaseException as exc:
+            await self.stop()
+            if isinstance(exc, TimeoutError):
+                raise StorageError(f"no LISTEN connection within {LISTEN_WAIT_SECONDS:.0f} s") from None
+            raise
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -161,6 +173,11 @@ class Projection:
         self._tasks = []
 
     # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        """Whether notifications reach this process now (its LISTEN connection is up)."""
+        return self._listening.is_set()
 
     def staleness(self) -> float:
         return time.monotonic() - self.caught_up_at
@@ -309,14 +326,16 @@ class Projection:
                 async with notifications.listening(
                     self.url, {LOG_CHANNEL: self._ring, TOKEN_CHANNEL: self._tokens_changed}, on_lost=lost.set
                 ):
-                    self.listening = True
+                    self._listening.set()
                     self._doorbell.set()  # catch up on whatever happened while not listening
+                    # Token lookups under way began before anyone listened: they must not be cached.
+                    self._tokens_changed("")
                     await lost.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("listener connection lost (%s); polling until it is back", exc)
-            self.listening = False
+            self._listening.clear()
             # Tokens may have been revoked while we could not hear about it.
             self._tokens_changed("")
             await asyncio.sleep(min(1.0, self.poll_interval * 4))

@@ -3,6 +3,7 @@ a 500; the embedded server is started again by `ledger serve` and nothing acknow
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import re
 import signal
@@ -17,9 +18,12 @@ import pytest
 
 from ledger import auth, embedded
 from ledger.app import create_app
+from ledger.composition import open_patiently
+from ledger.core.note import Signer
 from ledger.settings import Settings
 from ledger.storage.database import ensure_database
 
+from .helpers import until
 from .server import ADMIN_TOKEN, running_server
 
 DEVICE = "outage-device"  # recorded before the outage; the requests fired erase another one
@@ -164,10 +168,20 @@ def private_postgres(tmp_path: Path) -> Iterator[tuple[Any, str]]:
     server.cleanup()
 
 
-def restart(server: Any) -> None:
-    with server._lock:
-        embedded.remove_stale_pid_file(server.pgdata)
-        server.ensure_postgres_running()
+def restart(server: Any, within: float = 30) -> None:
+    """Start the killed server again, trying again as the supervisor does: a start fails while the
+    dead postmaster's backends still hold its shared memory or its pid is not yet reaped."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with server._lock:
+                embedded.remove_stale_pid_file(server.pgdata)
+                server.ensure_postgres_running()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_a_dead_database_answers_503_with_retry_after_on_every_endpoint(
@@ -223,3 +237,31 @@ def test_the_embedded_server_is_started_again_after_a_kill(tmp_path: Path) -> No
             assert record(base, f"after-{round}").status_code == 201
         assert "unhandled error" not in base.output()
         assert "runs again" in base.output()
+
+
+def test_a_worker_that_starts_while_the_database_is_down_waits_for_it(
+    private_postgres: tuple[Any, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`ledger serve` reached the database before it started its workers; one that then finds it
+    down (being started again after a kill) must wait, for a worker that exits stops the server."""
+    server, url = private_postgres
+    settings = Settings(database_url=url, data_dir=tmp_path / "data", log_origin="outage.test/log")
+    kill_postmaster(server.pgdata)
+
+    async def scenario() -> None:
+        opening = asyncio.create_task(open_patiently(settings, url, Signer.generate("outage.test/log")))
+        await until(
+            lambda: opening.done() or "unreachable while this worker starts" in caplog.text,
+            within=30,
+            what="a failed first try",
+        )
+        assert not opening.done(), "the worker gave up"
+        with embedded.Supervisor(server):  # starts it again, as `ledger serve` does
+            services = await asyncio.wait_for(opening, 60)
+        try:
+            assert await services.ready()
+        finally:
+            await services.close()
+
+    with caplog.at_level(logging.WARNING, logger="ledger"):
+        asyncio.run(scenario())
