@@ -55,6 +55,7 @@ MEANINGS: dict[str, tuple[str, str | None]] = {
         "derived from the signing key",
     ),
     "LEDGER_LOG_FORMAT": ("log lines as json or text", "json off a terminal, text on one"),
+    "LEDGER_WATCH_RETENTION": ("log entries a GET /v1/watch resume point may be behind before a resync", None),
 }
 
 WIDTH = 79
