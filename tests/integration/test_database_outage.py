@@ -160,7 +160,12 @@ def allowed(base: str, device: str) -> bool:
 
 @pytest.fixture
 def private_postgres(tmp_path: Path) -> Iterator[tuple[Any, str]]:
-    """A PostgreSQL of this test's own, which it may kill: nothing supervises it."""
+    """A PostgreSQL of this test's own, which it may kill: nothing supervises it.
+
+    This process becomes the reaper of the postmaster (as `ledger serve` does): where PID 1 does
+    not reap, the killed postmaster would stay a zombie that PostgreSQL takes for a running
+    server, and no restart would succeed (seen once on CI: 30 s of failed starts)."""
+    embedded.adopt_orphans()
     server, server_url = embedded.start(tmp_path / "pg")
     asyncio.run(ensure_database(server_url, "ledger"))
     yield server, embedded.with_database(server_url, "ledger")
@@ -174,6 +179,7 @@ def restart(server: Any, within: float = 30) -> None:
     deadline = time.monotonic() + within
     while True:
         try:
+            embedded.reap_postgres_zombies()
             with server._lock:
                 embedded.remove_stale_pid_file(server.pgdata)
                 server.ensure_postgres_running()
