@@ -133,6 +133,9 @@ class Projection:
         self.token_listeners: list[object] = on_tokens_changed or []
         self.log_listeners: list[Callable[[str], None]] = []
         # Told (start, end, changes) each time `applied` moves from start to end, in order.
+        # Devices a commit notice's erasure dropped from the cache, until the tail applies the
+        # erase entry (which names only the subject) and tells the listeners which device it was.
+        self._dropped: dict[str, list[str]] = {}
         self.change_listeners: list[Callable[[int, int, list[Change]], None]] = []
         self.hits = 0
         self.misses = 0
@@ -278,6 +281,7 @@ class Projection:
             for entry, device_id in batch.entries:
                 if entry.action == "erase":
                     self._forget(entry.subject)
+                    self._dropped.pop(entry.subject, None)
                     self._subjects.put(device_id, ERASED_DEVICE)
                 else:
                     self._apply_entry(entry, device_id)
@@ -305,7 +309,9 @@ class Projection:
                 if is_registry(key):
                     continue  # the doorbell below has the tailer read and apply it now
                 if is_erasure(key):
-                    self._forget(key.subject)
+                    dropped = self._forget(key.subject)
+                    if dropped and len(self._dropped) < 1000:
+                        self._dropped[key.subject] = dropped
                 else:
                     self._states.pop((key.subject, key.purpose), None)
             # A miss that read the state table before this commit must not be cached after it.
@@ -368,13 +374,16 @@ class Projection:
         self.caught_up_at = max(self.caught_up_at, looked_at)
         metrics.observe_projection(self.applied, head, self.staleness(), self.size())
 
-    def _forget(self, subject: str) -> None:
-        """Drop everything cached under an erased subject. The device row is already gone, so
-        the device is found by its cached subject; erasures are rare enough for a scan."""
+    def _forget(self, subject: str) -> list[str]:
+        """Drop everything cached under an erased subject and return the devices cached as it.
+        The device row is already gone, so the device is found by its cached subject; erasures
+        are rare enough for a scan."""
         for key in [k for k in self._states if isinstance(k, tuple) and k[0] == subject]:
             del self._states[key]
-        for device in [d for d, s in self._subjects.items() if s == subject]:
+        devices = [d for d, s in self._subjects.items() if s == subject and isinstance(d, str)]
+        for device in devices:
             del self._subjects[device]
+        return devices
 
     def _adopt(self, entry: RegistryEntry) -> None:
         """Switch to a registry entry's registry, never back to an older one."""
@@ -393,11 +402,13 @@ class Projection:
             self._adopt(registry)
             return change_of(registry, None)
         entry = parse_entry(data)
-        if entry.action == "erase":
-            self._forget(entry.subject)
-        else:
+        if entry.action != "erase":
             self._apply_entry(entry, device_id)
-        return change_of(entry, device_id)
+            return change_of(entry, device_id)
+        # The log no longer knows the erased device; this cache may (a device checked here).
+        earlier = self._dropped.pop(entry.subject, [])
+        cached = self._forget(entry.subject) or earlier
+        return change_of(entry, cached[0] if device_id is None and len(cached) == 1 else device_id)
 
     def _apply_entry(self, entry: Entry, device_id: str | None) -> None:
         if device_id is not None and self._subjects.get(device_id, MISSING) in (None, ERASED_DEVICE):

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -59,6 +59,9 @@ RING_CAPACITY = 16_384
 CHUNK_BYTES = 256 * 1024
 # Watchers replaying from the log at once (each holds a database connection while it reads).
 REPLAYS = 4
+# Devices remembered by subject from the entries this process applied, so an erasure read back
+# from the log (which names only the subject) can still name its device: about 4 MB.
+DEVICES_REMEMBERED = 16_384
 Decisions = Callable[[Sequence[tuple[str, str]]], Awaitable[list[Decision | None]]]
 _encode = msgspec.json.Encoder().encode
 
@@ -150,6 +153,7 @@ class Hub:
         self.tokens_generation = 0
         self._verdicts: dict[str, asyncio.Future[bool]] = {}
         self._pending: deque[_Page] = deque()
+        self._devices: OrderedDict[str, str] = OrderedDict()  # subject -> device, least recent first
         self._wake = asyncio.Event()
         self._replays = asyncio.Semaphore(REPLAYS)
         self._task: asyncio.Task[None] | None = None
@@ -195,8 +199,22 @@ class Hub:
     # -- building events ---------------------------------------------------------------------
 
     def _applied(self, start: int, end: int, changes: list[Change]) -> None:
-        self._pending.append(_Page(start, end, changes, time.monotonic()))
+        self._pending.append(_Page(start, end, [self._named(c) for c in changes], time.monotonic()))
         self._wake.set()
+
+    def _named(self, change: Change) -> Change:
+        """Remember which device each subject is; name the device of an erasure that came
+        without one, if this process saw an entry of it (in index order, so before the erasure)."""
+        if isinstance(change, ConsentChange) and change.device_id is not None:
+            self._devices[change.subject] = change.device_id
+            self._devices.move_to_end(change.subject)
+            if len(self._devices) > DEVICES_REMEMBERED:
+                self._devices.popitem(last=False)
+        elif isinstance(change, ErasureChange):
+            known = self._devices.pop(change.subject, None)
+            if change.device_id is None and known is not None:
+                return change._replace(device_id=known)
+        return change
 
     def _tokens_changed(self, _: object = None) -> None:
         self.tokens_generation += 1

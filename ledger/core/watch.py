@@ -51,11 +51,16 @@ class ConsentChange(NamedTuple):
     index: int  # type: ignore[assignment]  # the entry's index; shadowing tuple.index is intended
     device_id: str | None
     purpose: str
+    subject: str
 
 
 class ErasureChange(NamedTuple):
+    """An erasure; `device_id` is None when whoever read it could not tell the device (the log
+    names only the subject, and the device's row went in the same transaction)."""
+
     index: int  # type: ignore[assignment]
     device_id: str | None
+    subject: str
 
 
 class RegistryChange(NamedTuple):
@@ -71,8 +76,8 @@ def change_of(entry: Entry | RegistryEntry, device_id: str | None) -> Change:
     if isinstance(entry, RegistryEntry):
         return RegistryChange(entry.index, entry)
     if entry.action == "erase":
-        return ErasureChange(entry.index, device_id)
-    return ConsentChange(entry.index, device_id, entry.purpose)
+        return ErasureChange(entry.index, device_id, entry.subject)
+    return ConsentChange(entry.index, device_id, entry.purpose, entry.subject)
 
 
 def change_of_row(data: bytes, device_id: str | None) -> Change:

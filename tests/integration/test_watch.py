@@ -304,11 +304,12 @@ async def test_another_replica_streams_what_one_wrote_and_replays_what_came_befo
     when the events were built: a replayed grant that was withdrawn since says withdrawn."""
     with ledger_server(database_url, tmp_path / "a", key_file) as a:
         async with httpx.AsyncClient(base_url=a, timeout=10) as on_a:
+            unseen = await record(on_a, "rep-0")
             early = [await record(on_a, "rep-1"), await record(on_a, "rep-2"), await record(on_a, "rep-1", "withdraw")]
             with ledger_server(database_url, tmp_path / "b", key_file) as b:
                 async with (
                     httpx.AsyncClient(base_url=b, timeout=10) as on_b,
-                    watching(on_b, ADMIN_TOKEN, {"from": "ct1.1"}) as watch,
+                    watching(on_b, ADMIN_TOKEN, {"from": unseen["consistency_token"]}) as watch,
                 ):
                     replayed = await watch.until_size(size_of(early[-1]["consistency_token"]))
                     assert [m.id for m in replayed] == [r["consistency_token"] for r in early]
@@ -321,8 +322,10 @@ async def test_another_replica_streams_what_one_wrote_and_replays_what_came_befo
                     is_decision(withdrawn, "withdrawn")(event)
                     token = withdrawn["consistency_token"]
                     assert event.data["decision"] == await check(on_b, "rep-2", consistency=token)
-                    # B cannot know which device A erased: its event names none (drop everything).
-                    erased = await on_a.post("/v1/devices/rep-1/erase", headers=ADMIN)
-                    [event] = await watch.changes(1)
-                    assert event.data == {"type": "erasure", "device_id": None, "index": erased.json()["index"]}
-                    assert event.id == erased.json()["consistency_token"]
+                    # The log names only the subject of an erasure: B names the device when it knows
+                    # it (it sent and answered decisions for rep-1), else none (drop everything).
+                    for device, named in (("rep-1", "rep-1"), ("rep-0", None)):
+                        erased = await on_a.post(f"/v1/devices/{device}/erase", headers=ADMIN)
+                        [event] = await watch.changes(1)
+                        assert event.data == {"type": "erasure", "device_id": named, "index": erased.json()["index"]}
+                        assert event.id == erased.json()["consistency_token"]

@@ -174,3 +174,31 @@ async def test_with_nobody_watching_nothing_is_looked_up_and_a_resume_is_replaye
     frames = Reader((await ledger.watch.watcher(start, "token", allowed)).frames())
     await frames.start()
     assert [(await frames.change()).data["index"] for _ in indexes] == indexes
+
+
+async def test_an_erasure_read_from_the_log_names_a_device_this_process_knows(database_url: str) -> None:
+    """Another replica erases: the log names only the subject, and the device's row is gone when
+    this process reads it. It names the device if it saw an entry of it since it started (the
+    hub remembers) or has it in its cache (a check asked for it); otherwise it cannot."""
+    settings = Settings(log_origin=ORIGIN)
+    other = await Services.open(settings, database_url, Signer.generate(ORIGIN))
+    here = None
+    try:
+        for device in ("written-before", "checked-here"):  # before this process started
+            await record(other, device)
+        here = await Services.open(settings, database_url, Signer.generate(ORIGIN))
+        frames = Reader((await here.watch.watcher(None, "token", allowed)).frames())
+        await frames.start()
+        await frames.next()
+        await record(other, "seen-here")
+        assert (await frames.change()).data["device_id"] == "seen-here"
+        here.projection.clear()  # so only the hub's memory knows "seen-here"
+        await here.checking.decide([("checked-here", PURPOSE)])
+        for device, named in (("seen-here", "seen-here"), ("checked-here", "checked-here"), ("written-before", None)):
+            erased = await other.erasure.erase(device)
+            event = await frames.change()
+            assert event.data == {"type": "erasure", "device_id": named, "index": erased.index}
+    finally:
+        if here is not None:
+            await here.close()
+        await other.close()

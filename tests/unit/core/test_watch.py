@@ -23,7 +23,7 @@ from ledger.core.watch import (
 )
 from tests.sse import parse, parse_block
 
-from .test_entry import make
+from .test_entry import SUBJECT, make
 
 AT = "2026-11-29T10:00:00.000000Z"
 DECISION = (
@@ -91,10 +91,10 @@ def test_heartbeats_and_resyncs_are_named_by_the_size_they_cover() -> None:
 @pytest.mark.parametrize(
     ("action", "device", "expected"),
     [
-        ("grant", "d-1", ConsentChange(7, "d-1", "pixverse_sharing")),
-        ("withdraw", None, ConsentChange(7, None, "pixverse_sharing")),
-        ("erase", "d-1", ErasureChange(7, "d-1")),
-        ("erase", None, ErasureChange(7, None)),
+        ("grant", "d-1", ConsentChange(7, "d-1", "pixverse_sharing", SUBJECT)),
+        ("withdraw", None, ConsentChange(7, None, "pixverse_sharing", SUBJECT)),
+        ("erase", "d-1", ErasureChange(7, "d-1", SUBJECT)),
+        ("erase", None, ErasureChange(7, None, SUBJECT)),
     ],
 )
 def test_an_entry_changes_a_decision_or_erases_a_device(action: str, device: str | None, expected: object) -> None:
