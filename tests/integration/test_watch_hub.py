@@ -181,12 +181,13 @@ async def test_an_erasure_read_from_the_log_names_a_device_this_process_knows(da
     this process reads it. It names the device if it saw an entry of it since it started (the
     hub remembers) or has it in its cache (a check asked for it); otherwise it cannot."""
     settings = Settings(log_origin=ORIGIN)
-    other = await Services.open(settings, database_url, Signer.generate(ORIGIN))
+    signer = Signer.generate(ORIGIN)  # replicas of one log share its key
+    other = await Services.open(settings, database_url, signer)
     here = None
     try:
         for device in ("written-before", "checked-here"):  # before this process started
             await record(other, device)
-        here = await Services.open(settings, database_url, Signer.generate(ORIGIN))
+        here = await Services.open(settings, database_url, signer)
         frames = Reader((await here.watch.watcher(None, "token", allowed)).frames())
         await frames.start()
         await frames.next()
