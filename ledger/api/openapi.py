@@ -155,7 +155,11 @@ def _finish_operation(operation: dict[str, Any], path: str, opt: dict[str, Any],
             "content": {PROBLEM_JSON: {"schema": {"$ref": REF.format(name="Problem")}}},
         }
     for answer in responses.values():
-        answer.setdefault("headers", {})["Consistency-Token"] = CONSISTENCY_TOKEN
+        headers = answer.setdefault("headers", {})
+        headers["Consistency-Token"] = CONSISTENCY_TOKEN
+        # Litestar collects a route's response headers in a set: their order follows the string
+        # hash seed of the process, and the document must be the same bytes in every process.
+        answer["headers"] = dict(sorted(headers.items()))
     for media_type, schema in opt.get("also", {}).items():
         success = min(code for code in responses if code.startswith("2"))
         responses[success].setdefault("content", {})[media_type] = {"schema": schema}
